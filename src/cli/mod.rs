@@ -1,0 +1,432 @@
+//! The `spr` command line: one subcommand per pipeline step, all on the
+//! library code the GUI uses, with progress bars on long work and one-line
+//! errors (`error: <file>:<line>: …`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::core::dataset::{Dataset, LoadOptions};
+use crate::core::grounded::BoxFormat;
+use crate::core::pipeline;
+use crate::core::project::{
+    self, files, CandidateRecord, LineError, PairRecord, Project, RegionRecord, ScoreRecord,
+};
+use crate::core::rec::{self, PredictionRecord};
+use crate::core::scores::NoDetector;
+
+/// Spatial preference data for grounding MLLMs (SPR, ICCV 2025).
+#[derive(Debug, Parser)]
+#[command(name = "spr", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do. Without a subcommand: show the project (the bundled demo
+    /// unless the current folder holds a spr.toml).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The `--project` option shared by the stage commands.
+#[derive(Debug, clap::Args)]
+pub struct ProjectArg {
+    /// Project folder (holds spr.toml).
+    #[arg(long, short, default_value = ".")]
+    pub project: PathBuf,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the project's dataset and list every problem found.
+    Check(ProjectArg),
+    /// Build SPR region queries for the object-rich images → regions.jsonl.
+    Regions {
+        #[command(flatten)]
+        project: ProjectArg,
+        /// Override [regions] seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Override [regions] per_image.
+        #[arg(long)]
+        per_image: Option<usize>,
+    },
+    /// Score every candidate (localization; semantic when a scorer exists) → scores.jsonl.
+    Score(ProjectArg),
+    /// Pick chosen (refined best) vs rejected (worst) per query → pairs.jsonl.
+    Pairs {
+        #[command(flatten)]
+        project: ProjectArg,
+        /// Override [scoring] lambda (weight of the semantic score).
+        #[arg(long)]
+        lambda: Option<f32>,
+    },
+    /// Export pairs in TRL's vision DPO layout, with the crops as images.
+    Export {
+        #[command(flatten)]
+        project: ProjectArg,
+        /// Output folder (default: <project>/export).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// REC accuracy at IoU 0.5–0.9 and mean IoU of a predictions JSONL file.
+    EvalRec {
+        /// JSONL with gt_bbox and pred_bbox (or output + width + height) per line.
+        #[arg(long)]
+        predictions: PathBuf,
+        /// Box syntax of `output` texts.
+        #[arg(long, default_value = "ferret")]
+        format: BoxFormat,
+        /// Write the per-sample records (id, boxes, IoU) here as JSONL.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Generate the synthetic demo project (as committed in assets/demo).
+    Demo {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of scenes.
+        #[arg(long, default_value_t = 40)]
+        images: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 2025)]
+        seed: u64,
+    },
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Load + index + object-rich filter of an annotation file; without FILE,
+    /// generates an Objects365-val-sized file first (80k images, ~1.2M boxes).
+    Load {
+        /// COCO / Objects365 JSON to time.
+        file: Option<PathBuf>,
+        /// Images in the generated file.
+        #[arg(long, default_value_t = 80_000)]
+        images: usize,
+        /// Keep the generated file at this path instead of deleting it.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+    /// Region construction + localization scoring, queries per second on one core.
+    Regions {
+        /// Images in the generated scene set.
+        #[arg(long, default_value_t = 20_000)]
+        images: usize,
+    },
+}
+
+/// Run the command line; errors are returned for `main` to print.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        None => show(&default_project()),
+        Some(Command::Check(p)) => check(&p.project),
+        Some(Command::Regions { project, seed, per_image }) => {
+            regions(&project.project, seed, per_image)
+        }
+        Some(Command::Score(p)) => score(&p.project),
+        Some(Command::Pairs { project, lambda }) => pairs(&project.project, lambda),
+        Some(Command::Export { project, out }) => export(&project.project, out),
+        Some(Command::EvalRec { predictions, format, out }) => {
+            eval_rec(&predictions, format, out.as_deref())
+        }
+        Some(Command::Demo { out, images, seed }) => {
+            let cfg = crate::demo::DemoConfig { images, seed, ..Default::default() };
+            let s = crate::demo::generate(&out, &cfg)?;
+            println!(
+                "demo: {} synthetic images, {} annotations, {} regions, {} candidates, {} pairs → {}",
+                s.images,
+                s.annotations,
+                s.regions,
+                s.candidates,
+                s.pairs,
+                out.display()
+            );
+            Ok(())
+        }
+        Some(Command::Bench(BenchCommand::Load { file, images, keep })) => {
+            crate::bench::load_command(file.as_deref(), images, keep.as_deref())
+        }
+        Some(Command::Bench(BenchCommand::Regions { images })) => {
+            crate::bench::regions_command(images)
+        }
+    }
+}
+
+/// The project shown without a subcommand: the current folder if it holds a
+/// `spr.toml`, else the bundled demo.
+fn default_project() -> PathBuf {
+    if Path::new(files::CONFIG).exists() {
+        PathBuf::from(".")
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo")
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let b = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} ({eta})") {
+        b.set_style(style.progress_chars("=> "));
+    }
+    b.set_message(what.to_string());
+    b
+}
+
+fn open(dir: &Path) -> Result<Project> {
+    Ok(Project::open(dir)?)
+}
+
+/// Load the project's dataset, printing a count of its issues.
+fn load_dataset(p: &Project) -> Result<Dataset> {
+    let ds = Dataset::load(&p.annotations_path(), &p.image_root(), &LoadOptions::default())?;
+    if let Some(first) = ds.issues.first() {
+        eprintln!(
+            "warning: {} dataset issue(s), bad records skipped (first: {first}); `spr check` lists all",
+            ds.issues.len()
+        );
+    }
+    Ok(ds)
+}
+
+/// Read a stage file, warning about (and skipping) bad lines.
+fn read_stage<T>(p: &Project, name: &str) -> Result<Vec<T>>
+where
+    T: serde::de::DeserializeOwned + project::Versioned,
+{
+    let path = p.path(name);
+    let (records, errors) = project::read_jsonl::<T>(&path).with_context(|| {
+        format!("reading {name}; run the earlier pipeline step first")
+    })?;
+    warn_lines(&errors);
+    Ok(records)
+}
+
+fn warn_lines(errors: &[LineError]) {
+    for e in errors.iter().take(5) {
+        eprintln!("warning: {e}; line skipped");
+    }
+    if errors.len() > 5 {
+        eprintln!("warning: … and {} more bad lines skipped", errors.len() - 5);
+    }
+}
+
+fn warn_issues(issues: &[pipeline::StageIssue]) {
+    for e in issues.iter().take(5) {
+        eprintln!("warning: {e}; skipped");
+    }
+    if issues.len() > 5 {
+        eprintln!("warning: … and {} more records skipped", issues.len() - 5);
+    }
+}
+
+fn check(dir: &Path) -> Result<()> {
+    let p = open(dir)?;
+    let ds = Dataset::load(&p.annotations_path(), &p.image_root(), &LoadOptions::default())?;
+    let pre = p.config.dataset.preprocess();
+    println!(
+        "{}: {} images, {} objects, {} categories, {} object-rich images (≥ {} objects of area ≥ {})",
+        p.annotations_path().display(),
+        ds.images.len(),
+        ds.objects.len(),
+        ds.categories.len(),
+        ds.object_rich_images(&pre).len(),
+        pre.min_objects,
+        pre.min_area
+    );
+    let mut missing = 0;
+    for i in 0..ds.images.len() {
+        if !ds.image_path(i).is_file() {
+            missing += 1;
+            if missing <= 5 {
+                println!("{}: image file not found", ds.image_path(i).display());
+            }
+        }
+    }
+    for issue in &ds.issues {
+        println!("{issue}");
+    }
+    println!("{} issue(s), {} missing image file(s)", ds.issues.len(), missing);
+    Ok(())
+}
+
+fn regions(dir: &Path, seed: Option<u64>, per_image: Option<usize>) -> Result<()> {
+    let p = open(dir)?;
+    let ds = load_dataset(&p)?;
+    let pre = p.config.dataset.preprocess();
+    let mut cfg = p.config.regions;
+    cfg.seed = seed.unwrap_or(cfg.seed);
+    cfg.per_image = per_image.unwrap_or(cfg.per_image);
+    let rich = ds.object_rich_images(&pre).len();
+    let b = bar(rich as u64, "regions");
+    let records = pipeline::build_regions(&ds, &pre, &cfg, &|n| b.inc(n));
+    b.finish_and_clear();
+    let out = p.path(files::REGIONS);
+    project::write_jsonl(&out, &records)?;
+    println!(
+        "regions: {} queries from {rich} object-rich images (of {}) → {}",
+        records.len(),
+        ds.images.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn score(dir: &Path) -> Result<()> {
+    let p = open(dir)?;
+    let ds = load_dataset(&p)?;
+    let regions: Vec<RegionRecord> = read_stage(&p, files::REGIONS)?;
+    let candidates: Vec<CandidateRecord> = read_stage(&p, files::CANDIDATES)?;
+    let b = bar(candidates.len() as u64, "score");
+    let (scores, issues) = pipeline::score_candidates(
+        &ds,
+        &regions,
+        &candidates,
+        &p.config.scoring,
+        &NoDetector,
+        &|n| b.inc(n),
+    );
+    b.finish_and_clear();
+    warn_issues(&issues);
+    let out = p.path(files::SCORES);
+    project::write_jsonl(&out, &scores)?;
+    let issues_in_text: usize = scores.iter().map(|s| s.parse_issues.len()).sum();
+    println!(
+        "score: {} candidates scored ({} skipped, {} box-syntax problems) → {}",
+        scores.len(),
+        issues.len(),
+        issues_in_text,
+        out.display()
+    );
+    println!(
+        "note: semantic score missing: this build has no CLIP scorer yet, so `semantic` is null \
+         and composites use the localization score alone"
+    );
+    Ok(())
+}
+
+fn pairs(dir: &Path, lambda: Option<f32>) -> Result<()> {
+    let p = open(dir)?;
+    let ds = load_dataset(&p)?;
+    let regions: Vec<RegionRecord> = read_stage(&p, files::REGIONS)?;
+    let candidates: Vec<CandidateRecord> = read_stage(&p, files::CANDIDATES)?;
+    let scores: Vec<ScoreRecord> = read_stage(&p, files::SCORES)?;
+    let mut scoring = p.config.scoring.clone();
+    if let Some(l) = lambda {
+        if !(0.0..=1.0).contains(&l) {
+            bail!("--lambda {l}: must be within 0 and 1");
+        }
+        scoring.lambda = l;
+    }
+    let (pairs, stats, issues) =
+        pipeline::build_pairs(&ds, &regions, &candidates, &scores, &scoring, p.config.model.format);
+    warn_issues(&issues);
+    let out = p.path(files::PAIRS);
+    project::write_jsonl(&out, &pairs)?;
+    println!(
+        "pairs: {} pairs from {} queries ({} with < 2 candidates, {} ties, {} skipped) at λ = {} → {}",
+        stats.pairs,
+        stats.queries,
+        stats.too_few_candidates,
+        stats.ties,
+        issues.len(),
+        scoring.lambda,
+        out.display()
+    );
+    if stats.semantic_missing > 0 {
+        println!(
+            "note: {} pair(s) ranked by localization alone: semantic score missing (no CLIP scorer yet)",
+            stats.semantic_missing
+        );
+    }
+    Ok(())
+}
+
+fn export(dir: &Path, out: Option<PathBuf>) -> Result<()> {
+    let p = open(dir)?;
+    let pairs: Vec<PairRecord> = read_stage(&p, files::PAIRS)?;
+    let out = out.unwrap_or_else(|| p.path(files::EXPORT_DIR));
+    let b = bar(pairs.len() as u64, "export");
+    let (records, issues) =
+        pipeline::export_trl(&pairs, &p.image_root(), &p.config.export.prompt, &out, &|n| {
+            b.inc(n)
+        })?;
+    b.finish_and_clear();
+    warn_issues(&issues);
+    println!(
+        "export: {} pairs in TRL layout ({} skipped) → {}",
+        records.len(),
+        issues.len(),
+        out.join(files::TRL_PAIRS).display()
+    );
+    Ok(())
+}
+
+fn eval_rec(predictions: &Path, format: BoxFormat, out: Option<&Path>) -> Result<()> {
+    let (records, errors) = project::read_jsonl_plain::<PredictionRecord>(predictions)?;
+    warn_lines(&errors);
+    let mut samples = Vec::with_capacity(records.len());
+    let mut bad = 0;
+    for (line, r) in &records {
+        match r.score(format, &format!("line{line}")) {
+            Ok(s) => samples.push(s),
+            Err(e) => {
+                bad += 1;
+                if bad <= 5 {
+                    eprintln!("warning: {}:{line}: {e}; line skipped", predictions.display());
+                }
+            }
+        }
+    }
+    if samples.is_empty() {
+        bail!("{}: no scorable prediction records", predictions.display());
+    }
+    let report = rec::rec_report(&samples);
+    println!(
+        "REC on {} samples ({} without a box, {} lines skipped):",
+        report.samples,
+        report.no_box,
+        errors.len() + bad
+    );
+    for (t, acc) in &report.accuracy {
+        println!("  Acc@{t:.1}  {:6.2}%", acc * 100.0);
+    }
+    println!("  mean IoU  {:.4}", report.mean_iou);
+    if let Some(out) = out {
+        project::write_jsonl(out, &samples)?;
+        println!("per-sample records → {}", out.display());
+    }
+    Ok(())
+}
+
+fn show(dir: &Path) -> Result<()> {
+    let p = open(dir)?;
+    println!("{} ({})", p.config.name, p.root.display());
+    if !p.config.description.is_empty() {
+        println!("{}", p.config.description);
+    }
+    let count = |name: &str| -> String {
+        match std::fs::read_to_string(p.path(name)) {
+            Ok(t) => t.lines().filter(|l| !l.trim().is_empty()).count().to_string(),
+            Err(_) => "missing".into(),
+        }
+    };
+    println!(
+        "regions: {}, candidates: {}, scores: {}, pairs: {}",
+        count(files::REGIONS),
+        count(files::CANDIDATES),
+        count(files::SCORES),
+        count(files::PAIRS)
+    );
+    println!(
+        "\nThe desktop GUI is not built yet; every pipeline step runs from the command line \
+         (`spr --help`), e.g.\n  spr regions --project {0}\n  spr score --project {0}\n  \
+         spr pairs --project {0}\n  spr export --project {0}",
+        dir.display()
+    );
+    Ok(())
+}

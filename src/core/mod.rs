@@ -1,0 +1,14 @@
+//! The pure core: everything the pipeline computes, with no GUI and no
+//! tensor library, so that the CLI, the GUI and the tests share one
+//! implementation.
+
+pub mod dataset;
+pub mod geometry;
+pub mod grounded;
+pub mod imageio;
+pub mod pipeline;
+pub mod project;
+pub mod rec;
+pub mod regions;
+pub mod rng;
+pub mod scores;

@@ -1,0 +1,415 @@
+//! The SPR pipeline stages over project records: regions → scores → pairs
+//! → export. The CLI and the GUI both call these functions; neither holds
+//! pipeline logic of its own.
+//!
+//! Each stage takes the records of the previous one and returns new records
+//! plus [`StageIssue`]s for records it had to skip (a candidate whose query
+//! is unknown, a region whose objects are no longer in the dataset, …), so a
+//! single bad record never stops a stage.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::core::dataset::{Dataset, Preprocess};
+use crate::core::geometry::Bbox;
+use crate::core::grounded::{self, BoxFormat, Parsed};
+use crate::core::imageio;
+use crate::core::project::{
+    CandidateRecord, Frame, PairRecord, RegionRecord, RegionSource, ScoreRecord, ScoringConfig,
+    FORMAT_VERSION,
+};
+use crate::core::regions::{sample_regions, RegionConfig};
+use crate::core::scores::{self, Components, Detector};
+
+/// A record a stage skipped, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{record}: {message}")]
+pub struct StageIssue {
+    /// The record, e.g. `candidate 12-0-3`.
+    pub record: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn issue(record: String, message: impl Into<String>) -> StageIssue {
+    StageIssue { record, message: message.into() }
+}
+
+/// Annotation id → object index, built once per stage.
+pub fn object_ids(ds: &Dataset) -> HashMap<u64, usize> {
+    ds.objects.id.iter().enumerate().map(|(i, &id)| (id, i)).collect()
+}
+
+/// SPR region queries for every object-rich image of `ds`, in image order.
+/// `progress` is called with the number of images done since the last call.
+pub fn build_regions(
+    ds: &Dataset,
+    pre: &Preprocess,
+    cfg: &RegionConfig,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Vec<RegionRecord> {
+    let images = ds.object_rich_images(pre);
+    images
+        .par_iter()
+        .map(|&img| {
+            let info = &ds.images[img];
+            let usable = ds.usable_objects(img, pre);
+            let boxes: Vec<Bbox> = usable.iter().map(|&o| ds.objects.bbox[o]).collect();
+            let queries =
+                sample_regions(&boxes, info.width as f32, info.height as f32, cfg, info.id);
+            progress(1);
+            queries
+                .into_iter()
+                .enumerate()
+                .map(|(k, q)| RegionRecord {
+                    v: FORMAT_VERSION,
+                    id: format!("{}-{k}", info.id),
+                    image_id: info.id,
+                    file_name: info.file_name.clone(),
+                    width: info.width,
+                    height: info.height,
+                    region: q.region,
+                    crop: q.crop,
+                    seed_object: Some(ds.objects.id[usable[q.seed]]),
+                    objects: q.objects.iter().map(|&i| ds.objects.id[usable[i]]).collect(),
+                    source: RegionSource::Random,
+                })
+                .collect::<Vec<_>>()
+        })
+        .flatten()
+        .collect()
+}
+
+/// A region drawn by hand: its objects are the usable objects with at least
+/// `cfg.containment` of their area inside, its crop the region scaled by
+/// `cfg.crop_scale`. `k` numbers the manual regions of the image.
+pub fn manual_region(
+    ds: &Dataset,
+    image: usize,
+    region: Bbox,
+    pre: &Preprocess,
+    cfg: &RegionConfig,
+    k: usize,
+) -> RegionRecord {
+    let info = &ds.images[image];
+    let (w, h) = (info.width as f32, info.height as f32);
+    let region = region.clamp_to(w, h);
+    let objects = ds
+        .usable_objects(image, pre)
+        .into_iter()
+        .filter(|&o| ds.objects.bbox[o].fraction_inside(region) >= cfg.containment)
+        .map(|o| ds.objects.id[o])
+        .collect();
+    RegionRecord {
+        v: FORMAT_VERSION,
+        id: format!("{}-m{k}", info.id),
+        image_id: info.id,
+        file_name: info.file_name.clone(),
+        width: info.width,
+        height: info.height,
+        region,
+        crop: region.expand(cfg.crop_scale).clamp_to(w, h),
+        seed_object: None,
+        objects,
+        source: RegionSource::Manual,
+    }
+}
+
+/// Parse a candidate's text and map its boxes to image pixels.
+pub fn parse_candidate(c: &CandidateRecord, region: &RegionRecord) -> Parsed {
+    match c.frame {
+        Frame::Crop => {
+            let crop = region.crop;
+            let mut p = grounded::parse(&c.text, c.format, crop.width(), crop.height());
+            p.text = p.text.image_from_crop(crop);
+            p
+        }
+        Frame::Image => {
+            grounded::parse(&c.text, c.format, region.width as f32, region.height as f32)
+        }
+    }
+}
+
+/// The region's ground-truth boxes (its objects), or an issue naming the
+/// first object id that is not in the dataset.
+pub fn region_gt(
+    region: &RegionRecord,
+    ds: &Dataset,
+    ids: &HashMap<u64, usize>,
+) -> Result<Vec<Bbox>, StageIssue> {
+    region
+        .objects
+        .iter()
+        .map(|id| {
+            ids.get(id).map(|&o| ds.objects.bbox[o]).ok_or_else(|| {
+                issue(format!("region {}", region.id), format!("object id {id} is not in the dataset"))
+            })
+        })
+        .collect()
+}
+
+/// Localization score components for every candidate whose query is known.
+/// The semantic component stays `None`: no semantic scorer exists yet.
+pub fn score_candidates(
+    ds: &Dataset,
+    regions: &[RegionRecord],
+    candidates: &[CandidateRecord],
+    scoring: &ScoringConfig,
+    detector: &dyn Detector,
+    progress: &(dyn Fn(u64) + Sync),
+) -> (Vec<ScoreRecord>, Vec<StageIssue>) {
+    let ids = object_ids(ds);
+    let by_id: HashMap<&str, &RegionRecord> = regions.iter().map(|r| (r.id.as_str(), r)).collect();
+    let mut gts: HashMap<&str, Result<Vec<Bbox>, StageIssue>> = HashMap::new();
+    let mut out = Vec::with_capacity(candidates.len());
+    let mut issues = Vec::new();
+    for c in candidates {
+        progress(1);
+        let Some(region) = by_id.get(c.query_id.as_str()) else {
+            issues.push(issue(format!("candidate {}", c.id), format!("query {} is not in regions.jsonl", c.query_id)));
+            continue;
+        };
+        let gt = gts.entry(region.id.as_str()).or_insert_with(|| region_gt(region, ds, &ids));
+        let gt = match gt {
+            Ok(gt) => gt,
+            Err(e) => {
+                issues.push(issue(format!("candidate {}", c.id), e.to_string()));
+                continue;
+            }
+        };
+        let parsed = parse_candidate(c, region);
+        let objects = parsed.text.objects();
+        let phrases: Vec<&str> = objects.iter().map(|(p, _)| *p).collect();
+        let mut preds = parsed.text.boxes();
+        preds.extend(detector.detect(&region.file_name, region.crop, &phrases));
+        let loc = scores::localization_score(gt, &preds, scoring.localization, scoring.match_iou);
+        out.push(ScoreRecord {
+            v: FORMAT_VERSION,
+            candidate_id: c.id.clone(),
+            query_id: c.query_id.clone(),
+            semantic: None,
+            semantic_model: None,
+            localization: loc.score,
+            localization_variant: scoring.localization,
+            detector: detector.name().to_string(),
+            boxes: preds,
+            matches: loc.matches,
+            unmatched_preds: loc.unmatched_preds,
+            parse_issues: parsed.issues,
+        });
+    }
+    (out, issues)
+}
+
+/// Counts from [`build_pairs`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PairStats {
+    /// Queries seen.
+    pub queries: usize,
+    /// Pairs made.
+    pub pairs: usize,
+    /// Queries with fewer than two scored candidates.
+    pub too_few_candidates: usize,
+    /// Queries whose best and worst candidates tie.
+    pub ties: usize,
+    /// Pairs ranked by localization alone (semantic score missing).
+    pub semantic_missing: usize,
+}
+
+/// SPR pairs: per query, the best candidate by composite (refined) vs the
+/// worst. `format` is the syntax the pair texts are written in.
+pub fn build_pairs(
+    ds: &Dataset,
+    regions: &[RegionRecord],
+    candidates: &[CandidateRecord],
+    scores_in: &[ScoreRecord],
+    scoring: &ScoringConfig,
+    format: BoxFormat,
+) -> (Vec<PairRecord>, PairStats, Vec<StageIssue>) {
+    let ids = object_ids(ds);
+    let score_of: HashMap<&str, &ScoreRecord> =
+        scores_in.iter().map(|s| (s.candidate_id.as_str(), s)).collect();
+    let mut by_query: HashMap<&str, Vec<(&CandidateRecord, &ScoreRecord)>> = HashMap::new();
+    for c in candidates {
+        if let Some(s) = score_of.get(c.id.as_str()) {
+            by_query.entry(c.query_id.as_str()).or_default().push((c, s));
+        }
+    }
+    let mut stats = PairStats::default();
+    let mut pairs = Vec::new();
+    let mut issues = Vec::new();
+    for region in regions {
+        stats.queries += 1;
+        let cands = by_query.get(region.id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        let comps: Vec<Components> = cands.iter().map(|(_, s)| s.components()).collect();
+        if comps.len() < 2 {
+            stats.too_few_candidates += 1;
+            continue;
+        }
+        let Some((best, worst)) = scores::select_pair(&comps, scoring.lambda) else {
+            stats.ties += 1;
+            continue;
+        };
+        let gt = match region_gt(region, ds, &ids) {
+            Ok(gt) => gt,
+            Err(e) => {
+                issues.push(e);
+                continue;
+            }
+        };
+        let Some(image) = ds.image_index(region.image_id) else {
+            issues.push(issue(
+                format!("region {}", region.id),
+                format!("image id {} is not in the dataset", region.image_id),
+            ));
+            continue;
+        };
+        let annotations: Vec<Bbox> = ds
+            .objects_of(image)
+            .filter(|&o| !ds.objects.crowd[o])
+            .map(|o| ds.objects.bbox[o])
+            .collect();
+        let (chosen, rejected) = (cands[best].0, cands[worst].0);
+        let parsed = parse_candidate(chosen, region);
+        let refined = scores::refine(&parsed.text, &gt, &annotations, scoring.match_iou);
+        let refined_loc = scores::localization_score(
+            &gt,
+            &refined.boxes(),
+            scoring.localization,
+            scoring.match_iou,
+        );
+        let crop = region.crop;
+        let in_crop = |c: &CandidateRecord| -> String {
+            if c.frame == Frame::Crop && c.format == format {
+                c.text.clone()
+            } else {
+                let t = parse_candidate(c, region).text.crop_from_image(crop);
+                grounded::render(&t, format, crop.width(), crop.height())
+            }
+        };
+        let semantic_missing = comps[best].semantic.is_none() || comps[worst].semantic.is_none();
+        stats.semantic_missing += usize::from(semantic_missing);
+        stats.pairs += 1;
+        pairs.push(PairRecord {
+            v: FORMAT_VERSION,
+            query_id: region.id.clone(),
+            file_name: region.file_name.clone(),
+            crop,
+            lambda: scoring.lambda,
+            chosen_id: chosen.id.clone(),
+            rejected_id: rejected.id.clone(),
+            chosen: grounded::render(
+                &refined.crop_from_image(crop),
+                format,
+                crop.width(),
+                crop.height(),
+            ),
+            chosen_original: in_crop(chosen),
+            rejected: in_crop(rejected),
+            chosen_scores: comps[best],
+            rejected_scores: comps[worst],
+            chosen_refined_localization: refined_loc.score,
+            semantic_missing,
+            format,
+        });
+    }
+    (pairs, stats, issues)
+}
+
+/// One message of a TRL conversational record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrlMessage {
+    /// `user` or `assistant`.
+    pub role: String,
+    /// Content parts.
+    pub content: Vec<TrlContent>,
+}
+
+/// One content part: `{"type": "image"}` or `{"type": "text", "text": …}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrlContent {
+    /// `image` or `text`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text of a text part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// A pair in TRL's vision DPO layout (conversational `prompt` / `chosen` /
+/// `rejected` plus `images`), as `DPOTrainer` reads it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrlRecord {
+    /// Image paths, relative to the export file.
+    pub images: Vec<String>,
+    /// The user turn: the image, then the prompt.
+    pub prompt: Vec<TrlMessage>,
+    /// The preferred assistant turn.
+    pub chosen: Vec<TrlMessage>,
+    /// The dispreferred assistant turn.
+    pub rejected: Vec<TrlMessage>,
+}
+
+fn text_message(role: &str, text: &str) -> TrlMessage {
+    TrlMessage {
+        role: role.into(),
+        content: vec![TrlContent { kind: "text".into(), text: Some(text.into()) }],
+    }
+}
+
+/// The TRL record of a pair whose crop image is at `image` (relative path).
+pub fn trl_record(pair: &PairRecord, prompt: &str, image: String) -> TrlRecord {
+    let mut user = text_message("user", prompt);
+    user.content.insert(0, TrlContent { kind: "image".into(), text: None });
+    TrlRecord {
+        images: vec![image],
+        prompt: vec![user],
+        chosen: vec![text_message("assistant", &pair.chosen)],
+        rejected: vec![text_message("assistant", &pair.rejected)],
+    }
+}
+
+/// Export pairs in TRL's layout to `out_dir/trl_pairs.jsonl`, writing each
+/// pair's crop to `out_dir/crops/<query id>.png`. Pairs whose image cannot
+/// be read are skipped with an issue. Returns the records written.
+pub fn export_trl(
+    pairs: &[PairRecord],
+    image_root: &Path,
+    prompt: &str,
+    out_dir: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(Vec<TrlRecord>, Vec<StageIssue>), crate::core::project::ProjectError> {
+    let results: Vec<Result<TrlRecord, StageIssue>> = pairs
+        .par_iter()
+        .map(|p| {
+            let rel = format!("crops/{}.png", sanitize(&p.query_id));
+            let crop = imageio::load_rgb(&image_root.join(&p.file_name))
+                .map(|img| imageio::crop_rgb(&img, p.crop))
+                .and_then(|c| imageio::save_png(&c, &out_dir.join(&rel)));
+            progress(1);
+            crop.map(|()| trl_record(p, prompt, rel))
+                .map_err(|e| issue(format!("pair {}", p.query_id), e.to_string()))
+        })
+        .collect();
+    let mut records = Vec::new();
+    let mut issues = Vec::new();
+    for r in results {
+        match r {
+            Ok(r) => records.push(r),
+            Err(e) => issues.push(e),
+        }
+    }
+    crate::core::project::write_jsonl(
+        &out_dir.join(crate::core::project::files::TRL_PAIRS),
+        &records,
+    )?;
+    Ok((records, issues))
+}
+
+/// A query id made safe as a file name.
+fn sanitize(id: &str) -> String {
+    id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}

@@ -1,0 +1,14 @@
+//! `spr`: the SPR Workbench command line (see `spr --help`).
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = spr_workbench::cli::Cli::parse();
+    match spr_workbench::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

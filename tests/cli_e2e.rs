@@ -1,0 +1,236 @@
+//! End-to-end tests of the `spr` binary on the bundled demo project:
+//! regions → score → pairs → export, the demo generator's determinism,
+//! `eval-rec`, and bad input seen through the CLI.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn demo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo")
+}
+
+fn spr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spr")).args(args).output().expect("spr runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = spr(args);
+    assert!(
+        out.status.success(),
+        "spr {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            if entry.file_name() != "export" {
+                copy_dir(&entry.path(), &target);
+            }
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn jsonl(path: &Path) -> Vec<Value> {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn pipeline_on_the_demo_project() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = tmp.path().join("demo");
+    copy_dir(&demo_dir(), &proj);
+    for f in ["regions.jsonl", "scores.jsonl", "pairs.jsonl"] {
+        fs::remove_file(proj.join(f)).unwrap();
+    }
+    let p = proj.to_str().unwrap();
+
+    // regions: same seed → the committed file, byte for byte.
+    let out = ok(&["regions", "--project", p]);
+    assert!(out.contains("queries from"), "{out}");
+    assert_eq!(
+        fs::read_to_string(proj.join("regions.jsonl")).unwrap(),
+        fs::read_to_string(demo_dir().join("regions.jsonl")).unwrap()
+    );
+    let regions = jsonl(&proj.join("regions.jsonl"));
+    assert!(regions.len() >= 20, "{} regions", regions.len());
+    for r in &regions {
+        assert!(r["objects"].as_array().unwrap().len() >= 4);
+        assert_eq!(r["v"], 1);
+    }
+
+    // score: one record per candidate, semantic plainly missing.
+    let out = ok(&["score", "--project", p]);
+    assert!(out.contains("semantic score missing"), "{out}");
+    let candidates = jsonl(&proj.join("candidates.jsonl"));
+    let scores = jsonl(&proj.join("scores.jsonl"));
+    assert_eq!(scores.len(), candidates.len());
+    for s in &scores {
+        assert!(s["semantic"].is_null());
+        let loc = s["localization"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&loc));
+    }
+    // The precise candidate of every query scores higher than its vague one (no boxes → 0).
+    let by_id = |id: &str| scores.iter().find(|s| s["candidate_id"] == id).unwrap().clone();
+    for c in candidates.iter().filter(|c| c["source"] == "synthetic-demo:precise") {
+        let id = c["id"].as_str().unwrap();
+        let precise = by_id(id)["localization"].as_f64().unwrap();
+        assert!(precise > 0.95, "{id}: {precise}");
+        let vague_id = format!("{}-c5", c["query_id"].as_str().unwrap());
+        assert_eq!(by_id(&vague_id)["localization"].as_f64().unwrap(), 0.0);
+    }
+
+    // pairs: chosen beats rejected; refinement never lowers the score.
+    let out = ok(&["pairs", "--project", p]);
+    assert!(out.contains("ranked by localization alone"), "{out}");
+    let pairs = jsonl(&proj.join("pairs.jsonl"));
+    assert_eq!(pairs.len(), regions.len());
+    for pr in &pairs {
+        let c = pr["chosen_scores"]["localization"].as_f64().unwrap();
+        let r = pr["rejected_scores"]["localization"].as_f64().unwrap();
+        assert!(c > r);
+        assert!(pr["chosen_refined_localization"].as_f64().unwrap() >= c - 1e-6);
+        assert_eq!(pr["semantic_missing"], true);
+        assert!(pr["rejected_id"].as_str().unwrap().ends_with("-c5") || r == 0.0);
+    }
+
+    // export: TRL layout with the crops written as images.
+    let out = ok(&["export", "--project", p]);
+    assert!(out.contains("TRL layout"), "{out}");
+    let trl = jsonl(&proj.join("export/trl_pairs.jsonl"));
+    assert_eq!(trl.len(), pairs.len());
+    for (t, pr) in trl.iter().zip(&pairs) {
+        assert_eq!(t["prompt"][0]["role"], "user");
+        assert_eq!(t["prompt"][0]["content"][0]["type"], "image");
+        assert_eq!(t["chosen"][0]["role"], "assistant");
+        assert_eq!(t["chosen"][0]["content"][0]["text"], pr["chosen"]);
+        assert_eq!(t["rejected"][0]["content"][0]["text"], pr["rejected"]);
+        let img = proj.join("export").join(t["images"][0].as_str().unwrap());
+        let crop = image::open(&img).unwrap();
+        let c: Vec<f64> = pr["crop"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(crop.width() as f64, c[2].ceil().min(384.0) - c[0].floor());
+        assert_eq!(crop.height() as f64, c[3].ceil().min(288.0) - c[1].floor());
+    }
+
+    // λ = 0 and λ = 1 give the same pairs here (no semantic score), and say so.
+    let out = ok(&["pairs", "--project", p, "--lambda", "0"]);
+    assert!(out.contains("λ = 0"), "{out}");
+    let bad = spr(&["pairs", "--project", p, "--lambda", "1.5"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--lambda 1.5"));
+}
+
+#[test]
+fn demo_generator_reproduces_the_committed_demo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let text = ok(&["demo", "--out", out.to_str().unwrap()]);
+    assert!(text.contains("synthetic"), "{text}");
+    for f in [
+        "spr.toml",
+        "annotations.json",
+        "regions.jsonl",
+        "candidates.jsonl",
+        "scores.jsonl",
+        "pairs.jsonl",
+        "README.md",
+    ] {
+        assert_eq!(
+            fs::read_to_string(out.join(f)).unwrap(),
+            fs::read_to_string(demo_dir().join(f)).unwrap(),
+            "{f} differs from assets/demo: regenerate it with `spr demo --out assets/demo`"
+        );
+    }
+    let names: Vec<_> = fs::read_dir(demo_dir().join("images")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 40);
+    for name in names {
+        let a = image::open(out.join("images").join(&name)).unwrap().to_rgb8();
+        let b = image::open(demo_dir().join("images").join(&name)).unwrap().to_rgb8();
+        assert!(a == b, "{name:?} differs");
+    }
+}
+
+#[test]
+fn eval_rec_reports_accuracy_by_threshold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let preds = tmp.path().join("preds.jsonl");
+    fs::write(
+        &preds,
+        [
+            r#"{"id":"a","gt_bbox":[0,0,10,10],"pred_bbox":[0,0,10,10]}"#,
+            r#"{"id":"b","gt_bbox":[0,0,10,10],"pred_bbox":[0,0,10,6.5]}"#,
+            r#"{"id":"c","gt_bbox":[0,0,100,100],"output":"the dog [0, 0, 999, 999]","width":100,"height":100}"#,
+            r#"{"id":"d","gt_bbox":[0,0,10,10],"output":"no box here","width":10,"height":10}"#,
+            r#"{"id":"e","gt_bbox":[0,0,10,10]}"#,
+            r#"{"id":"f","gt_bbox":[0,0,10,10],"pred_bbox":"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out_file = tmp.path().join("samples.jsonl");
+    let out = spr(&["eval-rec", "--predictions", preds.to_str().unwrap(), "--out", out_file.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    // a: 1.0, b: 0.65, c: 1.0, d: none → 0
+    assert!(stdout.contains("REC on 4 samples (1 without a box, 2 lines skipped)"), "{stdout}");
+    assert!(stdout.contains("Acc@0.5   75.00%") && stdout.contains("Acc@0.7   50.00%"), "{stdout}");
+    assert!(stdout.contains("mean IoU  0.6625"), "{stdout}");
+    assert!(stderr.contains("preds.jsonl:5: field \"pred_bbox\" or \"output\""), "{stderr}");
+    assert!(stderr.contains("preds.jsonl:6:"), "{stderr}");
+    assert_eq!(jsonl(&out_file).len(), 4);
+}
+
+#[test]
+fn bad_input_gives_one_clear_line_and_keeps_the_good_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = tmp.path().join("p");
+    copy_dir(&demo_dir(), &proj);
+    let p = proj.to_str().unwrap();
+
+    // A malformed candidate line and a candidate for an unknown query: both
+    // named, the other candidates still scored.
+    let mut cands = fs::read_to_string(proj.join("candidates.jsonl")).unwrap();
+    let total = cands.lines().count();
+    cands.push_str("{\"v\":1,\"id\":\"broken\"\n");
+    cands.push_str(
+        r#"{"v":1,"id":"orphan","query_id":"999-0","source":"manual","text":"a [1, 2, 3, 4]","format":"ferret"}"#,
+    );
+    cands.push('\n');
+    fs::write(proj.join("candidates.jsonl"), cands).unwrap();
+    let out = spr(&["score", "--project", p]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("candidates.jsonl:{}:", total + 1)), "{stderr}");
+    assert!(stderr.contains("candidate orphan: query 999-0 is not in regions.jsonl"), "{stderr}");
+    assert_eq!(jsonl(&proj.join("scores.jsonl")).len(), total);
+
+    // Malformed annotation JSON: one line naming file, line and column; exit 1.
+    fs::write(proj.join("annotations.json"), "{\n  \"images\": [\n    {\"id\": 1,, }\n").unwrap();
+    let out = spr(&["regions", "--project", p]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains("annotations.json:3:"), "{stderr}");
+
+    // A missing project: a clear error, not a panic.
+    let out = spr(&["score", "--project", tmp.path().join("nope").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spr.toml"));
+}

@@ -5,11 +5,17 @@
 //! - [`core`]: the pure pipeline (geometry, datasets, region queries,
 //!   grounded text, scores, pairs, REC metrics, project files). No GUI, no
 //!   tensor library.
+//! - [`model`]: models in candle (the LLaVA-style VLM with LoRA).
+//! - [`train`]: preference objectives and the trainer, in candle.
 //! - [`demo`]: the synthetic demo-project generator, on top of the core.
 //! - [`bench`]: benchmark drivers that print figures (never timed tests).
+//! - [`app`]: the desktop GUI (eframe/egui + our wgpu overlays), on the core.
 //! - [`cli`]: the `spr` command line, on top of all of the above.
 
+pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod core;
 pub mod demo;
+pub mod model;
+pub mod train;

@@ -120,7 +120,6 @@ pub fn write_objects365_like(path: &Path, images: usize, seed: u64) -> io::Resul
     }
     w.write_all(b"]}")?;
     let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all().ok();
     let bytes = file.metadata()?.len();
     Ok(SynthStats {
         images,
@@ -281,23 +280,6 @@ mod tests {
             let report = measure_load(&path).unwrap();
             println!("run {run}:\n{report}");
             assert_eq!(report.objects, stats.annotations);
-        }
-    }
-}
-#[cfg(test)]
-mod tmp_scratch {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn tmp_write() {
-        let s = write_objects365_like(Path::new("/tmp/o365.json"), 80_000, 365).unwrap();
-        println!("{s:?}");
-    }
-    #[test]
-    #[ignore]
-    fn tmp_measure() {
-        for _ in 0..5 {
-            println!("{}", measure_load(Path::new("/tmp/o365.json")).unwrap());
         }
     }
 }

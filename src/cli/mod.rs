@@ -12,7 +12,7 @@ use crate::core::dataset::{Dataset, LoadOptions};
 use crate::core::grounded::BoxFormat;
 use crate::core::pipeline;
 use crate::core::project::{
-    self, files, CandidateRecord, LineError, PairRecord, Project, RegionRecord, ScoreRecord,
+    self, files, CandidateRecord, LineError, MarkRecord, PairRecord, Project, RegionRecord, ScoreRecord,
 };
 use crate::core::rec::{self, PredictionRecord};
 use crate::core::scores::NoDetector;
@@ -21,8 +21,8 @@ use crate::core::scores::NoDetector;
 #[derive(Debug, Parser)]
 #[command(name = "spr", version, about, long_about = None)]
 pub struct Cli {
-    /// What to do. Without a subcommand: show the project (the bundled demo
-    /// unless the current folder holds a spr.toml).
+    /// What to do. Without a subcommand: open the GUI on the bundled demo
+    /// (or on the current folder if it holds a spr.toml).
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -38,6 +38,10 @@ pub struct ProjectArg {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Open the desktop workbench on a project.
+    Gui(ProjectArg),
+    /// Print a project's summary.
+    Info(ProjectArg),
     /// Validate the project's dataset and list every problem found.
     Check(ProjectArg),
     /// Build SPR region queries for the object-rich images → regions.jsonl.
@@ -124,7 +128,9 @@ pub enum BenchCommand {
 /// Run the command line; errors are returned for `main` to print.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        None => show(&default_project()),
+        None => crate::app::run(default_project()),
+        Some(Command::Gui(p)) => crate::app::run(p.project),
+        Some(Command::Info(p)) => show(&p.project),
         Some(Command::Check(p)) => check(&p.project),
         Some(Command::Regions { project, seed, per_image }) => {
             regions(&project.project, seed, per_image)
@@ -315,6 +321,9 @@ fn pairs(dir: &Path, lambda: Option<f32>) -> Result<()> {
     let regions: Vec<RegionRecord> = read_stage(&p, files::REGIONS)?;
     let candidates: Vec<CandidateRecord> = read_stage(&p, files::CANDIDATES)?;
     let scores: Vec<ScoreRecord> = read_stage(&p, files::SCORES)?;
+    // Hand-set marks are optional.
+    let marks: Vec<MarkRecord> =
+        if p.path(files::MARKS).exists() { read_stage(&p, files::MARKS)? } else { Vec::new() };
     let mut scoring = p.config.scoring.clone();
     if let Some(l) = lambda {
         if !(0.0..=1.0).contains(&l) {
@@ -323,13 +332,22 @@ fn pairs(dir: &Path, lambda: Option<f32>) -> Result<()> {
         scoring.lambda = l;
     }
     let (pairs, stats, issues) =
-        pipeline::build_pairs(&ds, &regions, &candidates, &scores, &scoring, p.config.model.format);
+        pipeline::build_pairs(
+        &ds,
+        &regions,
+        &candidates,
+        &scores,
+        &marks,
+        &scoring,
+        p.config.model.format,
+    );
     warn_issues(&issues);
     let out = p.path(files::PAIRS);
     project::write_jsonl(&out, &pairs)?;
     println!(
-        "pairs: {} pairs from {} queries ({} with < 2 candidates, {} ties, {} skipped) at λ = {} → {}",
+        "pairs: {} pairs from {} queries ({} marked by hand, {} with < 2 candidates, {} ties, {} skipped) at λ = {} → {}",
         stats.pairs,
+        stats.manual,
         stats.queries,
         stats.too_few_candidates,
         stats.ties,
@@ -421,12 +439,6 @@ fn show(dir: &Path) -> Result<()> {
         count(files::CANDIDATES),
         count(files::SCORES),
         count(files::PAIRS)
-    );
-    println!(
-        "\nThe desktop GUI is not built yet; every pipeline step runs from the command line \
-         (`spr --help`), e.g.\n  spr regions --project {0}\n  spr score --project {0}\n  \
-         spr pairs --project {0}\n  spr export --project {0}",
-        dir.display()
     );
     Ok(())
 }

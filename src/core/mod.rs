@@ -12,3 +12,4 @@ pub mod rec;
 pub mod regions;
 pub mod rng;
 pub mod scores;
+pub mod workspace;

@@ -18,7 +18,7 @@ use crate::core::geometry::Bbox;
 use crate::core::grounded::{self, BoxFormat, Parsed};
 use crate::core::imageio;
 use crate::core::project::{
-    CandidateRecord, Frame, PairRecord, RegionRecord, RegionSource, ScoreRecord, ScoringConfig,
+    CandidateRecord, Frame, MarkRecord, PairRecord, RegionRecord, RegionSource, ScoreRecord, ScoringConfig,
     FORMAT_VERSION,
 };
 use crate::core::regions::{sample_regions, RegionConfig};
@@ -217,6 +217,8 @@ pub struct PairStats {
     pub ties: usize,
     /// Pairs ranked by localization alone (semantic score missing).
     pub semantic_missing: usize,
+    /// Pairs with a chosen or rejected candidate marked by hand.
+    pub manual: usize,
 }
 
 /// SPR pairs: per query, the best candidate by composite (refined) vs the
@@ -226,10 +228,12 @@ pub fn build_pairs(
     regions: &[RegionRecord],
     candidates: &[CandidateRecord],
     scores_in: &[ScoreRecord],
+    marks: &[MarkRecord],
     scoring: &ScoringConfig,
     format: BoxFormat,
 ) -> (Vec<PairRecord>, PairStats, Vec<StageIssue>) {
     let ids = object_ids(ds);
+    let mark_of: HashMap<&str, &MarkRecord> = marks.iter().map(|m| (m.query_id.as_str(), m)).collect();
     let score_of: HashMap<&str, &ScoreRecord> =
         scores_in.iter().map(|s| (s.candidate_id.as_str(), s)).collect();
     let mut by_query: HashMap<&str, Vec<(&CandidateRecord, &ScoreRecord)>> = HashMap::new();
@@ -249,10 +253,26 @@ pub fn build_pairs(
             stats.too_few_candidates += 1;
             continue;
         }
-        let Some((best, worst)) = scores::select_pair(&comps, scoring.lambda) else {
+        let auto = scores::select_pair(&comps, scoring.lambda);
+        let mark = mark_of.get(region.id.as_str());
+        let marked = |id: Option<&String>| {
+            id.and_then(|id| cands.iter().position(|(c, _)| &c.id == id))
+        };
+        let best = marked(mark.and_then(|m| m.chosen.as_ref())).or(auto.map(|a| a.0));
+        let worst = marked(mark.and_then(|m| m.rejected.as_ref())).or(auto.map(|a| a.1));
+        let (Some(best), Some(worst)) = (best, worst) else {
             stats.ties += 1;
             continue;
         };
+        if best == worst {
+            issues.push(issue(
+                format!("query {}", region.id),
+                "the same candidate is marked chosen and rejected",
+            ));
+            continue;
+        }
+        let manual = mark.is_some_and(|m| m.chosen.is_some() || m.rejected.is_some());
+        stats.manual += usize::from(manual);
         let gt = match region_gt(region, ds, &ids) {
             Ok(gt) => gt,
             Err(e) => {
@@ -313,6 +333,7 @@ pub fn build_pairs(
             rejected_scores: comps[worst],
             chosen_refined_localization: refined_loc.score,
             semantic_missing,
+            manual,
             format,
         });
     }

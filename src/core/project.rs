@@ -47,6 +47,8 @@ pub mod files {
     pub const SCORES: &str = "scores.jsonl";
     /// Preference pairs.
     pub const PAIRS: &str = "pairs.jsonl";
+    /// Chosen / rejected marks set by hand.
+    pub const MARKS: &str = "marks.jsonl";
     /// Export folder.
     pub const EXPORT_DIR: &str = "export";
     /// TRL-layout pairs inside the export folder.
@@ -334,6 +336,9 @@ pub struct PairRecord {
     /// True when the ranking used localization only because a semantic
     /// score was missing.
     pub semantic_missing: bool,
+    /// True when chosen or rejected was marked by hand (`marks.jsonl`).
+    #[serde(default)]
+    pub manual: bool,
     /// Box syntax of the texts.
     pub format: BoxFormat,
 }
@@ -345,6 +350,22 @@ pub fn short_f32<S: serde::Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error>
     s.serialize_f64(shortest)
 }
 
+/// A hand-set override of a query's chosen and/or rejected candidate
+/// (`marks.jsonl`); the automatic choice fills whichever is absent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MarkRecord {
+    /// Format version.
+    pub v: u32,
+    /// The region query.
+    pub query_id: String,
+    /// Candidate marked chosen.
+    #[serde(default)]
+    pub chosen: Option<String>,
+    /// Candidate marked rejected.
+    #[serde(default)]
+    pub rejected: Option<String>,
+}
+
 /// A record type with a format version.
 pub trait Versioned {
     /// The record's `v`.
@@ -354,7 +375,7 @@ pub trait Versioned {
 macro_rules! versioned {
     ($($t:ty),*) => {$(impl Versioned for $t { fn version(&self) -> u32 { self.v } })*};
 }
-versioned!(RegionRecord, CandidateRecord, ScoreRecord, PairRecord);
+versioned!(RegionRecord, CandidateRecord, ScoreRecord, PairRecord, MarkRecord);
 
 /// A JSONL line that could not be read; the rest of the file still was.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]

@@ -434,6 +434,7 @@ pub fn generate(out: &Path, cfg: &DemoConfig) -> anyhow::Result<DemoSummary> {
         &regions,
         &candidates,
         &scores,
+        &[],
         &project.config.scoring,
         project.config.model.format,
     );

@@ -26,14 +26,25 @@
 //! Duplicate annotation ids are found without a 1.2M-entry hash map: ids that
 //! are strictly increasing in file order (the usual case) need one pass, and
 //! otherwise a sorted copy of the ids finds the repeated ones.
+//!
+//! Files of 16 MB and more are parsed by two threads when the machine has
+//! two cores (see `load_split`): a second thread guesses a record boundary
+//! in the middle of the file and parses the rest of the `annotations` array
+//! from there, while the main thread parses from the start; the second
+//! thread's work is adopted only if the main thread arrives at that offset
+//! as the start of an `annotations` element, so the result (issues, errors
+//! and their line and column included) is always exactly that of one thread.
+//! This nearly halves the wall time of an Objects365-sized load.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::io::Read;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 
-use super::json::{JsonError, JsonReader, Kind, Number, Scalar};
+use super::json::{JResult, JsonError, JsonReader, Kind, Scalar, DEFAULT_CAPACITY};
 use super::*;
 
 /// Options of [`Dataset::load`].
@@ -53,17 +64,53 @@ impl Default for LoadOptions {
     }
 }
 
+/// Files at least this big are parsed by two threads (see the module
+/// documentation); below it a thread costs more than it saves.
+const SPLIT_MIN_BYTES: u64 = 16 << 20;
+
 /// Load `annotations` (see [`Dataset::load`]).
 pub(super) fn load(
     annotations: &Path,
     image_root: &Path,
     options: &LoadOptions,
 ) -> Result<Dataset, DatasetError> {
-    let file = File::open(annotations).map_err(|source| DatasetError::Io {
+    load_path(annotations, image_root, options, SPLIT_MIN_BYTES)
+}
+
+/// [`load`], splitting the work between two threads for files of at least
+/// `split_min` bytes when the machine has two cores.
+fn load_path(
+    annotations: &Path,
+    image_root: &Path,
+    options: &LoadOptions,
+    split_min: u64,
+) -> Result<Dataset, DatasetError> {
+    let open_at = |offset: u64| -> io::Result<File> {
+        let mut file = File::open(annotations)?;
+        if offset > 0 {
+            file.seek(SeekFrom::Start(offset))?;
+        }
+        Ok(file)
+    };
+    let file = open_at(0).map_err(|source| DatasetError::Io {
         file: annotations.to_path_buf(),
         source,
     })?;
-    load_from(JsonReader::new(file), annotations, image_root, options)
+    let len = file.metadata().map_or(0, |m| m.len());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if len >= split_min && cores >= 2 {
+        load_split(
+            file,
+            &open_at,
+            len,
+            DEFAULT_CAPACITY,
+            annotations,
+            image_root,
+            options,
+        )
+    } else {
+        load_from(JsonReader::new(file), annotations, image_root, options)
+    }
 }
 
 /// Load from any reader; `file` names the input in errors and issues.
@@ -74,41 +121,180 @@ fn load_from<R: Read>(
     options: &LoadOptions,
 ) -> Result<Dataset, DatasetError> {
     let mut loader = Loader::default();
-    if let Err(fail) = loader.parse(&mut reader) {
-        return Err(match fail {
-            Fail::Json(JsonError::Io(source)) => DatasetError::Io {
-                file: file.to_path_buf(),
-                source,
-            },
-            Fail::Json(JsonError::Syntax {
-                line,
-                column,
-                message,
-            }) => DatasetError::Json {
-                file: file.to_path_buf(),
-                line,
-                column,
-                message,
-            },
-            Fail::Format(message) => DatasetError::Format {
-                file: file.to_path_buf(),
-                message,
-            },
-        });
+    match loader.parse(&mut reader, &mut None) {
+        Ok(()) => Ok(loader.finish(file, image_root, options)),
+        Err(fail) => Err(fail.into_error(file)),
     }
-    Ok(loader.finish(file, image_root, options))
+}
+
+/// Load with two threads: `first` reads the input from its start and
+/// `open_at(offset)` opens it again at `offset`; `len` is its size.
+///
+/// A second thread parses the second half of the `annotations` array
+/// speculatively: it starts at the first `}, {` after the middle of the
+/// file, taking the `{` for the start of an annotation record, and parses
+/// records up to the array's closing `]`. The main thread parses from the
+/// start; if it arrives at that very offset as the start of an element of
+/// `annotations`, the guess was right and the state of the two parsers there
+/// is the same, so it adopts the second thread's records, issues (indices
+/// shifted) and reader (line numbers shifted) and carries on after the `]`.
+/// Otherwise (the offset was inside a string, a nested value or another
+/// array) it cancels the second thread and parses everything itself. The
+/// result, errors included, is exactly that of [`load_from`].
+fn load_split<R, F>(
+    first: R,
+    open_at: &F,
+    len: u64,
+    capacity: usize,
+    file: &Path,
+    image_root: &Path,
+    options: &LoadOptions,
+) -> Result<Dataset, DatasetError>
+where
+    R: Read + Send,
+    F: Fn(u64) -> io::Result<R> + Sync,
+{
+    let mut reader = JsonReader::with_capacity(first, capacity);
+    let Some(boundary) = find_boundary(open_at, len) else {
+        return load_from(reader, file, image_root, options);
+    };
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = mpsc::sync_channel(1);
+    let parsed = std::thread::scope(|s| {
+        let stop = &stop;
+        s.spawn(move || {
+            let tail = parse_tail(open_at, boundary, capacity, stop);
+            // The receiver is gone only when the main thread no longer
+            // wants the result.
+            let _ = tx.send(tail);
+        });
+        let mut split = Some(Split { boundary, rx, stop });
+        let mut loader = Loader::default();
+        let parsed = loader.parse(&mut reader, &mut split);
+        stop.store(true, Ordering::Relaxed);
+        parsed.map(|()| loader)
+    });
+    match parsed {
+        Ok(loader) => Ok(loader.finish(file, image_root, options)),
+        Err(fail) => Err(fail.into_error(file)),
+    }
+}
+
+/// Where the second thread starts: the `{` of the first `}`, `,`, `{`
+/// sequence (whitespace allowed between) in the MB after the middle.
+fn find_boundary<R: Read, F: Fn(u64) -> io::Result<R>>(open_at: &F, len: u64) -> Option<u64> {
+    let mid = len / 2;
+    let mut window = Vec::new();
+    open_at(mid)
+        .ok()?
+        .take(1 << 20)
+        .read_to_end(&mut window)
+        .ok()?;
+    let ws = |b: &u8| matches!(b, b' ' | b'\n' | b'\r' | b'\t');
+    let mut i = 0;
+    while i < window.len() {
+        if window[i] == b'}' {
+            let mut j = i + 1;
+            while window.get(j).is_some_and(ws) {
+                j += 1;
+            }
+            if window.get(j) == Some(&b',') {
+                j += 1;
+                while window.get(j).is_some_and(ws) {
+                    j += 1;
+                }
+                if window.get(j) == Some(&b'{') {
+                    return Some(mid + j as u64);
+                }
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The second thread's work: annotation records from `boundary` to the end
+/// of their array.
+fn parse_tail<R: Read, F: Fn(u64) -> io::Result<R>>(
+    open_at: &F,
+    boundary: u64,
+    capacity: usize,
+    stop: &AtomicBool,
+) -> Result<Tail<R>, Fail> {
+    let src = open_at(boundary).map_err(|e| Fail::Json(Box::new(JsonError::Io(e))))?;
+    let mut reader = JsonReader::starting_at(src, boundary, capacity);
+    let mut loader = Loader::default();
+    let mut count = 0usize;
+    loop {
+        if count % 1024 == 0 && stop.load(Ordering::Relaxed) {
+            return Err(Fail::Format("cancelled".to_string()));
+        }
+        loader.parse_annotation(&mut reader, count)?;
+        count += 1;
+        if !reader.next_element()? {
+            break;
+        }
+    }
+    Ok(Tail {
+        reader,
+        loader,
+        count,
+    })
+}
+
+/// The main thread's side of a split load.
+struct Split<'a, R> {
+    /// Where the second thread started.
+    boundary: u64,
+    /// Its result.
+    rx: mpsc::Receiver<Result<Tail<R>, Fail>>,
+    /// Tells it to give up.
+    stop: &'a AtomicBool,
+}
+
+/// What the second thread parsed.
+struct Tail<R> {
+    /// Its reader, just after the `]` of `annotations`.
+    reader: JsonReader<R>,
+    /// Its annotations and issues, indexed from the boundary.
+    loader: Loader,
+    /// Records parsed.
+    count: usize,
 }
 
 /// Why parsing stopped.
 enum Fail {
     /// Malformed JSON or a read error.
-    Json(JsonError),
+    Json(Box<JsonError>),
     /// Well-formed JSON that is not a COCO dataset.
     Format(String),
 }
 
-impl From<JsonError> for Fail {
-    fn from(e: JsonError) -> Self {
+impl Fail {
+    fn into_error(self, file: &Path) -> DatasetError {
+        let file = file.to_path_buf();
+        match self {
+            Fail::Json(e) => match *e {
+                JsonError::Io(source) => DatasetError::Io { file, source },
+                JsonError::Syntax {
+                    line,
+                    column,
+                    message,
+                    ..
+                } => DatasetError::Json {
+                    file,
+                    line,
+                    column,
+                    message,
+                },
+            },
+            Fail::Format(message) => DatasetError::Format { file, message },
+        }
+    }
+}
+
+impl From<Box<JsonError>> for Fail {
+    fn from(e: Box<JsonError>) -> Self {
         Fail::Json(e)
     }
 }
@@ -207,19 +393,11 @@ impl Arr {
     }
 }
 
-/// A scalar-ish value as read, for validation and messages (strings and
-/// containers are skipped, only their kind is kept).
-#[derive(Clone, Copy, Debug)]
-enum Val {
-    Num(Number),
-    Bool(bool),
-    Null,
-    Str,
-    Array,
-    Object,
-}
+/// A field value as read: numbers, bools and null, or the kind of a
+/// skipped string or container (kept for messages).
+type Val = Scalar;
 
-impl Val {
+impl Scalar {
     /// The value in words, for messages.
     fn describe(self) -> String {
         match self {
@@ -229,18 +407,20 @@ impl Val {
             },
             Val::Bool(b) => b.to_string(),
             Val::Null => "null".to_string(),
-            Val::Str => "a string".to_string(),
-            Val::Array => "an array".to_string(),
-            Val::Object => "an object".to_string(),
+            Val::Skipped(Kind::Array) => "an array".to_string(),
+            Val::Skipped(Kind::Object) => "an object".to_string(),
+            Val::Skipped(_) => "a string".to_string(),
         }
     }
 
     /// A non-negative integer id (integral numbers like `5.0` accepted).
+    #[inline]
     fn as_id(self) -> Option<u64> {
         match self {
             Val::Num(n) => n.uint().or_else(|| {
                 let v = n.value();
-                (v >= 0.0 && v < 9_007_199_254_740_992.0 && v.fract() == 0.0).then_some(v as u64)
+                ((0.0..9_007_199_254_740_992.0).contains(&v) && v.fract() == 0.0)
+                    .then_some(v as u64)
             }),
             _ => None,
         }
@@ -252,19 +432,38 @@ impl Val {
             .and_then(|v| u32::try_from(v).ok())
             .filter(|&v| v > 0)
     }
+
+    /// `iscrowd`: 0, 1 or a bool.
+    #[inline]
+    fn as_flag(self) -> Option<bool> {
+        match self {
+            Val::Bool(b) => Some(b),
+            Val::Num(n) => match n.uint() {
+                Some(0) => Some(false),
+                Some(1) => Some(true),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// A usable `area`: a finite non-negative number (as `f32`).
+    #[inline]
+    fn as_area(self) -> Option<f32> {
+        match self {
+            Val::Num(n) => {
+                let v = n.value();
+                (v >= 0.0 && (v as f32).is_finite()).then_some(v as f32)
+            }
+            _ => None,
+        }
+    }
 }
 
-/// Read any value as a [`Val`].
+/// Read any value.
 #[inline]
-fn read_val<R: Read>(r: &mut JsonReader<R>) -> Result<Val, JsonError> {
-    Ok(match r.read_scalar()? {
-        Scalar::Num(n) => Val::Num(n),
-        Scalar::Bool(b) => Val::Bool(b),
-        Scalar::Null => Val::Null,
-        Scalar::Skipped(Kind::Array) => Val::Array,
-        Scalar::Skipped(Kind::Object) => Val::Object,
-        Scalar::Skipped(_) => Val::Str,
-    })
+fn read_val<R: Read>(r: &mut JsonReader<R>) -> JResult<Val> {
+    r.read_scalar()
 }
 
 /// The `bbox` field as read.
@@ -281,7 +480,7 @@ enum BboxVal {
     },
 }
 
-fn read_bbox<R: Read>(r: &mut JsonReader<R>) -> Result<BboxVal, JsonError> {
+fn read_bbox<R: Read>(r: &mut JsonReader<R>) -> JResult<BboxVal> {
     if r.peek_kind()? != Kind::Array {
         return Ok(BboxVal::NotArray(read_val(r)?));
     }
@@ -586,6 +785,10 @@ struct Loader {
     category_records: Vec<usize>,
     skipped_categories: IdMap<usize>,
     anns: Vec<RawAnn>,
+    /// Annotations adopted from the second thread of a split load, after
+    /// `anns`; their `index` is to be shifted by `tail_shift`.
+    tail: Vec<RawAnn>,
+    tail_shift: u32,
     issues: Vec<Pending>,
 }
 
@@ -600,7 +803,11 @@ impl Loader {
     }
 
     /// Walk the whole document.
-    fn parse<R: Read>(&mut self, r: &mut JsonReader<R>) -> Result<(), Fail> {
+    fn parse<R: Read>(
+        &mut self,
+        r: &mut JsonReader<R>,
+        split: &mut Option<Split<'_, R>>,
+    ) -> Result<(), Fail> {
         let kind = r.peek_kind()?;
         if kind != Kind::Object {
             let found = read_val(r)?;
@@ -641,6 +848,14 @@ impl Loader {
                     if r.begin_array()? {
                         let mut index = 0usize;
                         loop {
+                            if array == Arr::Annotations
+                                && split.is_some()
+                                && self.handoff(r, split, index)?
+                            {
+                                // The rest of the array was parsed by the
+                                // second thread; `r` is after its `]`.
+                                break;
+                            }
                             match array {
                                 Arr::Images => self.parse_image(r, index)?,
                                 Arr::Annotations => self.parse_annotation(r, index)?,
@@ -668,6 +883,62 @@ impl Loader {
         Ok(())
     }
 
+    /// At the start of element `index` of `annotations` in a split load:
+    /// take over the second thread's work if it started here (then `true`),
+    /// give up on it if it started at an offset already passed.
+    fn handoff<R: Read>(
+        &mut self,
+        r: &mut JsonReader<R>,
+        split: &mut Option<Split<'_, R>>,
+        index: usize,
+    ) -> Result<bool, Fail> {
+        let at = r.peek_offset()?;
+        let Some(sp) = split.take_if(|sp| at >= sp.boundary) else {
+            return Ok(false);
+        };
+        if at > sp.boundary {
+            sp.stop.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        let (lines, last_newline) = r.lines_to_here();
+        match sp.rx.recv() {
+            Ok(Ok(tail)) => {
+                let Tail {
+                    mut reader,
+                    loader,
+                    count,
+                } = tail;
+                // Every shifted index must fit in `u32`, as in `parse_annotation`.
+                let fits = index.checked_add(count).is_some_and(|end| end <= 1 << 32);
+                let (true, Ok(shift)) = (fits, u32::try_from(index)) else {
+                    return Err(Fail::Format(
+                        "more annotations than this loader supports".to_string(),
+                    ));
+                };
+                reader.rebase(lines, last_newline);
+                *r = reader;
+                self.tail = loader.anns;
+                self.tail_shift = shift;
+                self.issues.extend(loader.issues.into_iter().map(|mut p| {
+                    p.index += index;
+                    p
+                }));
+                #[cfg(test)]
+                tests::ADOPTED.with(|n| n.set(n.get() + 1));
+                Ok(true)
+            }
+            Ok(Err(Fail::Json(mut e))) => {
+                #[cfg(test)]
+                tests::TAIL_ERRORS.with(|n| n.set(n.get() + 1));
+                e.rebase(lines, last_newline);
+                Err(Fail::Json(e))
+            }
+            Ok(Err(fail)) => Err(fail),
+            // The second thread is gone without a result: parse on alone.
+            Err(_) => Ok(false),
+        }
+    }
+
     /// If the next value is not an object, skip it, report it and return
     /// `false`.
     fn expect_record<R: Read>(
@@ -675,7 +946,7 @@ impl Loader {
         r: &mut JsonReader<R>,
         array: Arr,
         index: usize,
-    ) -> Result<bool, JsonError> {
+    ) -> JResult<bool> {
         if r.peek_kind()? == Kind::Object {
             return Ok(true);
         }
@@ -885,16 +1156,11 @@ impl Loader {
         ) {
             let crowd = match crowd {
                 None | Some(Val::Null) => Some(false),
-                Some(Val::Bool(b)) => Some(b),
-                Some(Val::Num(Number::Uint(u @ (0 | 1)))) => Some(u == 1),
-                Some(_) => None,
+                Some(v) => v.as_flag(),
             };
             let area = match area {
                 None | Some(Val::Null) => Some(f32::NAN),
-                Some(Val::Num(n)) if n.value() >= 0.0 && (n.value() as f32).is_finite() => {
-                    Some(n.value() as f32)
-                }
-                Some(_) => None,
+                Some(v) => v.as_area(),
             };
             if let (Some(crowd), Some(area), Some(b)) = (crowd, area, convert_box(v)) {
                 self.anns.push(RawAnn {
@@ -953,8 +1219,7 @@ impl Loader {
         }
         let crowd_flag = match crowd {
             None | Some(Val::Null) => false,
-            Some(Val::Bool(b)) => b,
-            Some(Val::Num(Number::Uint(u @ (0 | 1)))) => u == 1,
+            Some(v) if v.as_flag().is_some() => v.as_flag() == Some(true),
             Some(v) => {
                 problems.push(Problem::Invalid {
                     field: "iscrowd",
@@ -972,9 +1237,7 @@ impl Loader {
         }
         let area = match area {
             None | Some(Val::Null) => f32::NAN,
-            Some(Val::Num(n)) if n.value() >= 0.0 && (n.value() as f32).is_finite() => {
-                n.value() as f32
-            }
+            Some(v) if v.as_area().is_some() => v.as_area().unwrap_or(f32::NAN),
             Some(v) => {
                 self.issue(Arr::Annotations, index, valid_id, Problem::AreaInvalid(v));
                 f32::NAN
@@ -998,15 +1261,21 @@ impl Loader {
     fn finish(mut self, file: &Path, image_root: &Path, options: &LoadOptions) -> Dataset {
         let image_index = IdIndex::new(std::mem::take(&mut self.image_ids));
         let category_index = IdIndex::new(std::mem::take(&mut self.category_ids));
-        let duplicates = later_duplicates(&self.anns);
+        let mut head = std::mem::take(&mut self.anns);
+        let mut tail = std::mem::take(&mut self.tail);
+        let shift = self.tail_shift;
+        let duplicates = later_duplicates(&[(&head, 0), (&tail, shift)]);
         let mut duplicates = duplicates.into_iter().peekable();
 
         // Resolve, clip and count per image.
         let mut counts = vec![0u32; self.images.len()];
-        let mut anns = std::mem::take(&mut self.anns);
         let mut last_image = (u64::MAX, None);
-        for (pos, a) in anns.iter_mut().enumerate() {
-            let index = a.index as usize;
+        let all = head
+            .iter_mut()
+            .map(|a| (a, 0))
+            .chain(tail.iter_mut().map(|a| (a, shift)));
+        for (pos, (a, shift)) in all.enumerate() {
+            let index = a.index as usize + shift as usize;
             if duplicates.peek().is_some_and(|&(p, _)| p == pos) {
                 if let Some((_, first)) = duplicates.next() {
                     self.issue(
@@ -1102,7 +1371,7 @@ impl Loader {
             area: vec![0.0; n],
             crowd: vec![false; n],
         };
-        for a in &anns {
+        for a in head.iter().chain(&tail) {
             if a.image == REJECTED {
                 continue;
             }
@@ -1116,7 +1385,8 @@ impl Loader {
             objects.area[slot] = a.area;
             objects.crowd[slot] = a.crowd;
         }
-        drop(anns);
+        drop(head);
+        drop(tail);
 
         let issues = self.issues(file, options);
         Dataset {
@@ -1183,13 +1453,20 @@ fn convert_box(v: [f64; 4]) -> Option<Bbox> {
     b.is_valid().then_some(b)
 }
 
-/// Positions in `anns` of the later occurrences of repeated ids, each with
+/// Positions in the concatenated `segments` (annotations, each with the
+/// shift of its `index`) of the later occurrences of repeated ids, each with
 /// the `annotations` index of the first occurrence, in order.
-fn later_duplicates(anns: &[RawAnn]) -> Vec<(usize, usize)> {
-    if anns.windows(2).all(|w| w[0].id < w[1].id) {
+fn later_duplicates(segments: &[(&[RawAnn], u32)]) -> Vec<(usize, usize)> {
+    let all = || {
+        segments
+            .iter()
+            .flat_map(|&(s, shift)| s.iter().map(move |a| (a, shift)))
+    };
+    let mut prev = None;
+    if all().all(|(a, _)| prev.replace(a.id).is_none_or(|p| p < a.id)) {
         return Vec::new();
     }
-    let mut ids: Vec<u64> = anns.iter().map(|a| a.id).collect();
+    let mut ids: Vec<u64> = all().map(|(a, _)| a.id).collect();
     ids.sort_unstable();
     let repeated: IdSet = ids
         .windows(2)
@@ -1202,12 +1479,12 @@ fn later_duplicates(anns: &[RawAnn]) -> Vec<(usize, usize)> {
     }
     let mut first: IdMap<usize> = IdMap::default();
     let mut out = Vec::new();
-    for (pos, a) in anns.iter().enumerate() {
+    for (pos, (a, shift)) in all().enumerate() {
         if repeated.contains(&a.id) {
             match first.entry(a.id) {
                 Entry::Occupied(e) => out.push((pos, *e.get())),
                 Entry::Vacant(e) => {
-                    e.insert(a.index as usize);
+                    e.insert(a.index as usize + shift as usize);
                 }
             }
         }
@@ -1219,7 +1496,16 @@ fn later_duplicates(anns: &[RawAnn]) -> Vec<(usize, usize)> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::io;
+    use std::cell::Cell;
+    use std::io::{self, Cursor};
+    use std::sync::Arc;
+
+    thread_local! {
+        /// Split loads on this thread whose second half was adopted.
+        pub(super) static ADOPTED: Cell<usize> = const { Cell::new(0) };
+        /// Split loads on this thread that reported the second thread's error.
+        pub(super) static TAIL_ERRORS: Cell<usize> = const { Cell::new(0) };
+    }
 
     /// A source that hands out one byte per `read`.
     struct Trickle<'a>(&'a [u8]);
@@ -1305,6 +1591,11 @@ mod tests {
         );
         assert_eq!(i.file, Path::new("ann.json"));
         i
+    }
+
+    #[test]
+    fn buffered_annotations_are_compact() {
+        assert_eq!(std::mem::size_of::<RawAnn>(), 56);
     }
 
     #[test]
@@ -1837,6 +2128,174 @@ mod tests {
         )
     }
 
+    /// Load with two threads from memory, tokens split by `cap`-byte
+    /// buffers; also returns whether the second thread's work was adopted.
+    fn load_split_bytes(bytes: &[u8], cap: usize) -> (Result<Dataset, DatasetError>, bool) {
+        let data: Arc<[u8]> = Arc::from(bytes);
+        let open_at = |offset: u64| -> io::Result<Cursor<Arc<[u8]>>> {
+            let mut c = Cursor::new(data.clone());
+            c.set_position(offset);
+            Ok(c)
+        };
+        let before = ADOPTED.with(Cell::get);
+        let ds = load_split(
+            open_at(0).unwrap(),
+            &open_at,
+            bytes.len() as u64,
+            cap,
+            Path::new("ann.json"),
+            Path::new("/data/images"),
+            &LoadOptions::default(),
+        );
+        (ds, ADOPTED.with(Cell::get) > before)
+    }
+
+    /// Same outcome, field by field, or the same error.
+    fn assert_same(a: &Result<Dataset, DatasetError>, b: &Result<Dataset, DatasetError>) {
+        match (a, b) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a.images, b.images);
+                assert_eq!(a.categories, b.categories);
+                assert_eq!(a.objects, b.objects);
+                assert_eq!(a.image_objects, b.image_objects);
+                assert_eq!(a.issues, b.issues);
+            }
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+            (a, b) => panic!("{:?} vs {:?}", a.as_ref().err(), b.as_ref().err()),
+        }
+    }
+
+    /// A document with `n` annotations (some with problems), one record
+    /// per line or all on one line.
+    fn big_doc(n: usize, pretty: bool) -> String {
+        let sep = if pretty { ",\n" } else { ", " };
+        let anns: Vec<String> = (0..n)
+            .map(|i| {
+                let image = if i % 41 == 7 { 11 } else { [10, 20, 30][i % 3] };
+                let bbox = if i % 23 == 3 {
+                    "[-5, 1, 300, 2]"
+                } else {
+                    "[1.25, 2, 3.5, 4]"
+                };
+                let id = if i % 53 == 9 { 3 } else { 100 + i as u64 };
+                ann(id, image, [1, 7][i % 2], bbox)
+            })
+            .collect();
+        let anns = format!("{}{sep}{}", good_anns(), anns.join(sep));
+        doc(IMAGES, &anns, CATEGORIES)
+    }
+
+    #[test]
+    fn split_load_matches_single_thread() {
+        for pretty in [false, true] {
+            let src = big_doc(400, pretty);
+            let single = load_str(&src);
+            assert!(single
+                .as_ref()
+                .is_ok_and(|d| d.objects.len() > 300 && !d.issues.is_empty()));
+            for cap in [7, 64, 1 << 20] {
+                let (split, adopted) = load_split_bytes(src.as_bytes(), cap);
+                assert!(adopted, "pretty {pretty}, cap {cap}");
+                assert_same(&split, &single);
+            }
+        }
+    }
+
+    #[test]
+    fn split_load_reports_errors_in_the_second_half_at_the_right_place() {
+        for pretty in [false, true] {
+            let src = big_doc(400, pretty);
+            for (at, broken) in [
+                (src.len() * 3 / 4, "\"bbox\": [,"),
+                (src.len() * 2 / 3, "\"bbox\": [1e, "),
+                (src.len() * 9 / 10, "\"bbox\": \"\\u12x\", "),
+            ] {
+                let k = at + src[at..].find("\"bbox\": [").unwrap();
+                let bad = format!("{}{broken}{}", &src[..k], &src[k + 9..]);
+                let single = load_str(&bad);
+                assert!(
+                    matches!(single, Err(DatasetError::Json { .. })),
+                    "{single:?}"
+                );
+                for cap in [5, 1 << 20] {
+                    let errors = TAIL_ERRORS.with(Cell::get);
+                    let (split, adopted) = load_split_bytes(bad.as_bytes(), cap);
+                    assert!(!adopted);
+                    assert_eq!(
+                        TAIL_ERRORS.with(Cell::get),
+                        errors + 1,
+                        "reported by the second thread"
+                    );
+                    assert_same(&split, &single);
+                }
+            }
+            // Truncated in the second half.
+            let cut = &src[..src.len() * 4 / 5];
+            let (split, _) = load_split_bytes(cut.as_bytes(), 1 << 20);
+            assert_same(&split, &load_str(cut));
+        }
+    }
+
+    #[test]
+    fn split_load_falls_back_when_the_guess_is_wrong() {
+        // The middle is in `images`: the second thread's guess is not an
+        // annotation and is dropped.
+        let images: Vec<String> = (0..300)
+            .map(|i| {
+                format!(
+                    r#"{{"id": {}, "file_name": "x{i}.jpg", "width": 9, "height": 9}}"#,
+                    1000 + i
+                )
+            })
+            .collect();
+        let src = doc(
+            &format!("{IMAGES}, {}", images.join(", ")),
+            &good_anns(),
+            CATEGORIES,
+        );
+        let (split, adopted) = load_split_bytes(src.as_bytes(), 16);
+        assert!(!adopted);
+        assert_same(&split, &load_str(&src));
+        // The middle is inside nested values of an annotation.
+        let nested: Vec<String> = (0..300).map(|i| format!(r#"{{"p": [{i}]}}"#)).collect();
+        let big = format!(
+            r#"{{"id": 99, "image_id": 10, "category_id": 1, "bbox": [1, 1, 5, 5], "segmentation": [{}]}}"#,
+            nested.join(", ")
+        );
+        let src = doc(
+            IMAGES,
+            &format!("{}, {big}, {}", good_anns(), ann(98, 10, 1, "[1, 1, 2, 2]")),
+            CATEGORIES,
+        );
+        let (split, adopted) = load_split_bytes(src.as_bytes(), 16);
+        assert!(!adopted);
+        assert_same(&split, &load_str(&src));
+        // No boundary at all.
+        let src = r#"{"images": [], "annotations": [], "categories": []}"#;
+        assert_same(&load_split_bytes(src.as_bytes(), 4).0, &load_str(src));
+    }
+
+    #[test]
+    fn split_load_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ann.json");
+        let src = big_doc(300, true);
+        std::fs::write(&path, &src).unwrap();
+        let before = ADOPTED.with(Cell::get);
+        let split = load_path(&path, Path::new("/data/images"), &LoadOptions::default(), 0);
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+            assert_eq!(ADOPTED.with(Cell::get), before + 1);
+        }
+        let mut single = load_str(&src);
+        if let Ok(ds) = &mut single {
+            for i in &mut ds.issues {
+                i.file = path.clone();
+            }
+        }
+        assert_same(&split, &single);
+        assert_eq!(split.unwrap().source, path);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -1861,6 +2320,14 @@ mod tests {
             }
             let a = load_any(&bytes, cap);
             let b = load_any(&bytes, 1 << 20);
+            let (c, _) = load_split_bytes(&bytes, cap);
+            let d = load_from(
+                JsonReader::new(&bytes[..]),
+                Path::new("ann.json"),
+                Path::new("/data/images"),
+                &LoadOptions::default(),
+            );
+            assert_same(&c, &d);
             // Buffer size never changes the outcome.
             match (a, b) {
                 (Ok(a), Ok(b)) => {

@@ -40,13 +40,41 @@ pub(super) enum JsonError {
         line: usize,
         /// 1-based byte column of the fault.
         column: usize,
+        /// Absolute byte offset of the fault.
+        offset: u64,
         /// What was expected and what was found.
         message: String,
     },
 }
 
 /// Result of a reader operation.
-pub(super) type JResult<T> = Result<T, JsonError>;
+///
+/// The error is boxed so that results stay small enough to be returned in
+/// registers on the hot path.
+pub(super) type JResult<T> = Result<T, Box<JsonError>>;
+
+impl JsonError {
+    /// For an error of a reader made with [`JsonReader::starting_at`]: the
+    /// same as [`JsonReader::rebase`] does for the reader.
+    pub(super) fn rebase(&mut self, lines: usize, last_newline: Option<u64>) {
+        if let JsonError::Syntax {
+            line,
+            column,
+            offset,
+            ..
+        } = self
+        {
+            if *line == 1 {
+                // No newline between the start and the fault.
+                *column = match last_newline {
+                    Some(nl) => *offset - nl,
+                    None => *offset + 1,
+                } as usize;
+            }
+            *line += lines;
+        }
+    }
+}
 
 /// The kind of the next value, from its first byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,59 +93,56 @@ pub(super) enum Kind {
     Null,
 }
 
+/// How a [`Number`] is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Repr {
+    /// `bits` is a plain non-negative integer (no sign, fraction or
+    /// exponent) of at most 19 digits.
+    Uint,
+    /// The value is `±bits × 10^e10` with `bits ≤ 2^53` and `|e10| ≤ 22`:
+    /// exactly representable operands, so one multiplication or division
+    /// gives the correctly rounded value (Clinger's fast path).
+    Decimal,
+    /// `bits` holds the `f64` bits of the value parsed with
+    /// `str::parse::<f64>` (out-of-range values become infinite).
+    Float,
+}
+
 /// A parsed JSON number. Its `f64` value is computed on demand
-/// ([`Number::value`]), so ids and flags never pay for a conversion.
+/// ([`Number::value`]), so ids and flags never pay for a conversion. A
+/// plain 16-byte struct, so that it travels in registers.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) enum Number {
-    /// A plain non-negative integer (no sign, fraction or exponent) of at
-    /// most 19 digits.
-    Uint(u64),
-    /// `±mant × 10^e10` with `mant ≤ 2^53` and `|e10| ≤ 22`: exactly
-    /// representable operands, so one multiplication or division gives the
-    /// correctly rounded value (Clinger's fast path).
-    Decimal {
-        /// The digits as an integer.
-        mant: u64,
-        /// The decimal exponent.
-        e10: i8,
-        /// A leading minus sign.
-        neg: bool,
-    },
-    /// Anything else, parsed with `str::parse::<f64>` (out-of-range values
-    /// become infinite).
-    Other(f64),
+pub(super) struct Number {
+    bits: u64,
+    e10: i8,
+    neg: bool,
+    repr: Repr,
 }
 
 impl Number {
     /// The value, correctly rounded to `f64`.
     #[inline]
     pub(super) fn value(self) -> f64 {
-        match self {
-            Number::Uint(u) => u as f64,
-            Number::Decimal { mant, e10, neg } => {
-                let m = mant as f64;
-                let v = if e10 < 0 {
-                    m / POW10[usize::from(e10.unsigned_abs())]
-                } else {
-                    m * POW10[usize::from(e10.unsigned_abs())]
-                };
-                if neg {
+        match self.repr {
+            Repr::Uint => self.bits as f64,
+            Repr::Decimal => {
+                let m = self.bits as f64;
+                let p = POW10[usize::from(self.e10.unsigned_abs()).min(22)];
+                let v = if self.e10 < 0 { m / p } else { m * p };
+                if self.neg {
                     -v
                 } else {
                     v
                 }
             }
-            Number::Other(v) => v,
+            Repr::Float => f64::from_bits(self.bits),
         }
     }
 
     /// The exact value of a plain non-negative integer token.
     #[inline]
     pub(super) fn uint(self) -> Option<u64> {
-        match self {
-            Number::Uint(u) => Some(u),
-            _ => None,
-        }
+        (self.repr == Repr::Uint).then_some(self.bits)
     }
 }
 
@@ -174,7 +199,7 @@ const POW10: [f64; 23] = [
 /// Scan (and validate) a JSON number at the start of `s` and compute its
 /// value. `at_eof` says no input follows `s`.
 ///
-/// Tokens that fit [`Number::Uint`] or [`Number::Decimal`] are not
+/// Tokens that fit [`Repr::Uint`] or [`Repr::Decimal`] are not
 /// converted here; everything else is parsed with `str::parse::<f64>`, so
 /// [`Number::value`] is always correctly rounded.
 #[inline(always)]
@@ -258,12 +283,18 @@ fn scan_number(s: &[u8], at_eof: bool) -> NumScan {
     }
     let e10 = exp - i64::from(frac);
     let number = if !neg && frac == 0 && !has_exp && digits <= 19 {
-        Number::Uint(mant)
+        Number {
+            bits: mant,
+            e10: 0,
+            neg: false,
+            repr: Repr::Uint,
+        }
     } else if digits <= 19 && mant <= (1u64 << 53) && (-22..=22).contains(&e10) {
-        Number::Decimal {
-            mant,
+        Number {
+            bits: mant,
             e10: e10 as i8,
             neg,
+            repr: Repr::Decimal,
         }
     } else {
         // The token is ASCII and follows JSON's number grammar, which
@@ -272,11 +303,49 @@ fn scan_number(s: &[u8], at_eof: bool) -> NumScan {
             .ok()
             .and_then(|t| t.parse::<f64>().ok())
         {
-            Some(v) => Number::Other(v),
+            Some(v) => Number {
+                bits: v.to_bits(),
+                e10: 0,
+                neg: false,
+                repr: Repr::Float,
+            },
             None => return NumScan::Invalid(0, "malformed number"),
         }
     };
     NumScan::Done(i, number)
+}
+
+/// Length of the run of plain string bytes at the start of `s`: up to the
+/// first `"`, `\\` or control character (or all of `s`). Looks at eight
+/// bytes at a time (SWAR): in each test below, the lowest flagged byte is
+/// always a true match, so the lowest flag of their union is the first
+/// byte that ends the run.
+#[inline]
+fn plain_run(s: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while let Some(chunk) = s.get(i..i + 8) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(bytes);
+        let zero = |v: u64| v.wrapping_sub(ONES) & !v;
+        let quote = zero(w ^ (ONES * u64::from(b'"')));
+        let backslash = zero(w ^ (ONES * u64::from(b'\\')));
+        let control = w.wrapping_sub(ONES * 0x20) & !w;
+        let hits = (quote | backslash | control) & HIGHS;
+        if hits != 0 {
+            return i + (hits.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&b) = s.get(i) {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            break;
+        }
+        i += 1;
+    }
+    i
 }
 
 /// Number of `\n` bytes in `s`.
@@ -322,13 +391,20 @@ impl<R: Read> JsonReader<R> {
     /// A reader with a buffer of `capacity` bytes (at least 1); small
     /// capacities exercise tokens split across refills.
     pub(super) fn with_capacity(src: R, capacity: usize) -> Self {
+        Self::starting_at(src, 0, capacity)
+    }
+
+    /// A reader over input that starts at absolute offset `base` of a
+    /// larger document (`src` yields the bytes from there on). Line numbers
+    /// count from `base` until [`JsonReader::rebase`] is called.
+    pub(super) fn starting_at(src: R, base: u64, capacity: usize) -> Self {
         Self {
             src,
             buf: vec![0; capacity.max(1)],
             pos: 0,
             end: 0,
             eof: false,
-            base: 0,
+            base,
             lines_before: 0,
             last_newline_before: None,
             scratch: Vec::new(),
@@ -374,7 +450,7 @@ impl<R: Read> JsonReader<R> {
                     return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(JsonError::Io(e)),
+                Err(e) => return Err(Box::new(JsonError::Io(e))),
             }
         }
     }
@@ -390,9 +466,35 @@ impl<R: Read> JsonReader<R> {
         Ok(true)
     }
 
+    /// Skip whitespace and return the absolute offset of the next byte.
+    pub(super) fn peek_offset(&mut self) -> JResult<u64> {
+        self.peek_nonws()?;
+        Ok(self.base + self.pos as u64)
+    }
+
+    /// Newlines before the current position, and the absolute offset of
+    /// the last of them.
+    pub(super) fn lines_to_here(&self) -> (usize, Option<u64>) {
+        let before = &self.buf[..self.pos];
+        let last = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map(|i| self.base + i as u64)
+            .or(self.last_newline_before);
+        (self.lines_before + count_newlines(before), last)
+    }
+
+    /// For a reader made with [`JsonReader::starting_at`]: account for the
+    /// `lines` newlines before its start, the last at `last_newline`, so
+    /// that its line and column numbers become those of the whole document.
+    pub(super) fn rebase(&mut self, lines: usize, last_newline: Option<u64>) {
+        self.lines_before += lines;
+        self.last_newline_before = self.last_newline_before.or(last_newline);
+    }
+
     /// A syntax error at the current position.
     #[cold]
-    fn error_here(&self, message: impl Into<String>) -> JsonError {
+    fn error_here(&self, message: impl Into<String>) -> Box<JsonError> {
         let rel = self.pos.min(self.end);
         let before = &self.buf[..rel];
         let line = self.lines_before + count_newlines(before) + 1;
@@ -406,16 +508,17 @@ impl<R: Read> JsonReader<R> {
             Some(nl) => abs - nl,
             None => abs + 1,
         };
-        JsonError::Syntax {
+        Box::new(JsonError::Syntax {
             line,
             column: column as usize,
+            offset: abs,
             message: message.into(),
-        }
+        })
     }
 
     /// "expected X, found Y" at the current position.
     #[cold]
-    fn unexpected(&self, found: Option<u8>, expected: &str) -> JsonError {
+    fn unexpected(&self, found: Option<u8>, expected: &str) -> Box<JsonError> {
         self.error_here(format!("expected {expected}, found {}", describe(found)))
     }
 
@@ -507,18 +610,11 @@ impl<R: Read> JsonReader<R> {
     #[inline]
     fn with_string<T>(&mut self, f: impl FnOnce(&[u8]) -> T) -> JResult<T> {
         let start = self.pos + 1;
-        let mut i = start;
-        while i < self.end {
-            let b = self.buf[i];
-            if b == b'"' {
-                let t = f(&self.buf[start..i]);
-                self.pos = i + 1;
-                return Ok(t);
-            }
-            if b == b'\\' || b < 0x20 {
-                break;
-            }
-            i += 1;
+        let i = start + plain_run(&self.buf[start..self.end]);
+        if i < self.end && self.buf[i] == b'"' {
+            let t = f(&self.buf[start..i]);
+            self.pos = i + 1;
+            return Ok(t);
         }
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
@@ -533,14 +629,7 @@ impl<R: Read> JsonReader<R> {
         self.pos += 1;
         loop {
             let start = self.pos;
-            let mut i = start;
-            while i < self.end {
-                let b = self.buf[i];
-                if b == b'"' || b == b'\\' || b < 0x20 {
-                    break;
-                }
-                i += 1;
-            }
+            let i = start + plain_run(&self.buf[start..self.end]);
             out.extend_from_slice(&self.buf[start..i]);
             self.pos = i;
             if i == self.end {
@@ -648,14 +737,7 @@ impl<R: Read> JsonReader<R> {
     fn skip_string(&mut self) -> JResult<()> {
         self.pos += 1;
         loop {
-            let mut i = self.pos;
-            while i < self.end {
-                let b = self.buf[i];
-                if b == b'"' || b == b'\\' || b < 0x20 {
-                    break;
-                }
-                i += 1;
-            }
+            let i = self.pos + plain_run(&self.buf[self.pos..self.end]);
             self.pos = i;
             if i == self.end {
                 if !self.fill_more()? {
@@ -916,12 +998,14 @@ mod tests {
         n
     }
 
-    fn syntax(e: JsonError) -> (usize, usize, String) {
-        match e {
+    #[allow(clippy::boxed_local)]
+    fn syntax(e: Box<JsonError>) -> (usize, usize, String) {
+        match *e {
             JsonError::Syntax {
                 line,
                 column,
                 message,
+                ..
             } => (line, column, message),
             JsonError::Io(e) => panic!("io error {e}"),
         }
@@ -959,6 +1043,25 @@ mod tests {
         assert_eq!(num("18446744073709551615").uint(), None);
         assert_eq!(num("-1").uint(), None);
         assert_eq!(num("1.0").uint(), None);
+    }
+
+    #[test]
+    fn plain_runs() {
+        let naive = |s: &[u8]| s.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+        let mut rng = crate::core::rng::SplitMix64::new(3);
+        for _ in 0..20_000 {
+            let len = rng.below(40);
+            let s: Vec<u8> = (0..len)
+                .map(|_| match rng.below(12) {
+                    0 => b'"',
+                    1 => b'\\',
+                    2 => rng.below(0x20) as u8,
+                    3 => 0x80 + rng.below(0x80) as u8,
+                    _ => 0x20 + rng.below(0x60) as u8,
+                })
+                .collect();
+            assert_eq!(plain_run(&s), naive(&s).unwrap_or(s.len()), "{s:?}");
+        }
     }
 
     #[test]

@@ -1,0 +1,634 @@
+//! An open project with everything a person edits by hand: the loaded
+//! dataset and stage records, live re-ranking at any λ and IoU threshold,
+//! hand-made regions, candidates and chosen/rejected marks, with undo/redo,
+//! and every edit saved atomically to the project files at once.
+//!
+//! This is the GUI's model, kept here (no GUI code) so that every operation
+//! the GUI offers is plain library code, tested without a window, and the
+//! files it writes are the same ones the CLI reads.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::core::dataset::{Dataset, LoadOptions};
+use crate::core::geometry::Bbox;
+use crate::core::pipeline::{self, PairStats, StageIssue};
+use crate::core::project::{
+    self, files, CandidateRecord, Frame, LineError, MarkRecord, PairRecord, Project, ProjectError,
+    RegionRecord, ScoreRecord, Versioned, FORMAT_VERSION,
+};
+use crate::core::regions::{sample_regions, RegionConfig};
+use crate::core::scores::{self, Components, LocScore, NoDetector};
+
+/// `text` (image pixels) rendered in the syntax and frame of candidate `c`.
+fn render_in_frame(text: &crate::core::grounded::GroundedText, c: &CandidateRecord, region: &RegionRecord) -> String {
+    let (frame, w, h) = match c.frame {
+        Frame::Crop => (region.crop, region.crop.width(), region.crop.height()),
+        Frame::Image => (Bbox::default(), region.width as f32, region.height as f32),
+    };
+    crate::core::grounded::render(&text.crop_from_image(frame), c.format, w, h)
+}
+
+/// Why a project could not be opened at all.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    /// `spr.toml` or a stage file could not be read.
+    #[error(transparent)]
+    Project(#[from] ProjectError),
+    /// The annotation file could not be loaded.
+    #[error(transparent)]
+    Dataset(#[from] crate::core::dataset::DatasetError),
+}
+
+/// One reversible edit.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Edit {
+    /// A region was added (at the end).
+    AddRegion(RegionRecord),
+    /// A candidate was added (at the end).
+    AddCandidate(CandidateRecord),
+    /// A candidate's text changed.
+    SetText {
+        /// The candidate.
+        id: String,
+        /// Text before.
+        before: String,
+        /// Text after.
+        after: String,
+    },
+    /// A query's marks changed.
+    SetMark {
+        /// The query.
+        query_id: String,
+        /// Marks before.
+        before: Option<MarkRecord>,
+        /// Marks after.
+        after: Option<MarkRecord>,
+    },
+}
+
+impl Edit {
+    fn inverse(&self) -> Inverse {
+        match self {
+            Edit::AddRegion(r) => Inverse::RemoveRegion(r.id.clone()),
+            Edit::AddCandidate(c) => Inverse::RemoveCandidate(c.id.clone()),
+            Edit::SetText { id, before, after } => Inverse::Edit(Edit::SetText {
+                id: id.clone(),
+                before: after.clone(),
+                after: before.clone(),
+            }),
+            Edit::SetMark { query_id, before, after } => Inverse::Edit(Edit::SetMark {
+                query_id: query_id.clone(),
+                before: after.clone(),
+                after: before.clone(),
+            }),
+        }
+    }
+}
+
+/// What undoes an edit.
+enum Inverse {
+    RemoveRegion(String),
+    RemoveCandidate(String),
+    Edit(Edit),
+}
+
+/// A candidate of a query, scored live.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ranked {
+    /// Index into [`Workspace::candidates`].
+    pub candidate: usize,
+    /// Stored semantic score and the localization score at the live threshold.
+    pub components: Components,
+    /// Composite at the live λ.
+    pub composite: f32,
+    /// The localization details at the live threshold.
+    pub loc: LocScore,
+}
+
+/// Which mark to set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkKind {
+    /// Chosen.
+    Chosen,
+    /// Rejected.
+    Rejected,
+}
+
+/// An open project.
+#[derive(Debug)]
+pub struct Workspace {
+    /// The project.
+    pub project: Project,
+    /// Its dataset.
+    pub dataset: Dataset,
+    /// Region queries.
+    pub regions: Vec<RegionRecord>,
+    /// Candidates.
+    pub candidates: Vec<CandidateRecord>,
+    /// Scores by candidate id.
+    pub scores: HashMap<String, ScoreRecord>,
+    /// Hand-set marks.
+    pub marks: Vec<MarkRecord>,
+    /// Problems met while opening: dataset issues and bad lines, as text.
+    pub problems: Vec<String>,
+    object_ids: HashMap<u64, usize>,
+    undo: Vec<Edit>,
+    redo: Vec<Edit>,
+}
+
+fn read_optional<T>(p: &Project, name: &str, problems: &mut Vec<String>) -> Result<Vec<T>, ProjectError>
+where
+    T: serde::de::DeserializeOwned + Versioned,
+{
+    let path = p.path(name);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let (records, errors): (Vec<T>, Vec<LineError>) = project::read_jsonl(&path)?;
+    problems.extend(errors.iter().map(|e| format!("{e}; line skipped")));
+    Ok(records)
+}
+
+impl Workspace {
+    /// Open the project in `dir`: settings, dataset and every stage file
+    /// present. Bad records are listed in [`Workspace::problems`].
+    pub fn open(dir: &Path) -> Result<Workspace, WorkspaceError> {
+        let project = Project::open(dir)?;
+        let dataset =
+            Dataset::load(&project.annotations_path(), &project.image_root(), &LoadOptions::default())?;
+        let mut problems: Vec<String> = dataset.issues.iter().map(|i| i.to_string()).collect();
+        let regions = read_optional(&project, files::REGIONS, &mut problems)?;
+        let candidates = read_optional(&project, files::CANDIDATES, &mut problems)?;
+        let scores: Vec<ScoreRecord> = read_optional(&project, files::SCORES, &mut problems)?;
+        let marks = read_optional(&project, files::MARKS, &mut problems)?;
+        let object_ids = pipeline::object_ids(&dataset);
+        Ok(Workspace {
+            project,
+            dataset,
+            regions,
+            candidates,
+            scores: scores.into_iter().map(|s| (s.candidate_id.clone(), s)).collect(),
+            marks,
+            problems,
+            object_ids,
+            undo: Vec::new(),
+            redo: Vec::new(),
+        })
+    }
+
+    /// The project folder.
+    pub fn root(&self) -> &Path {
+        &self.project.root
+    }
+
+    /// Indices of the regions of image `image_id`.
+    pub fn regions_of(&self, image_id: u64) -> Vec<usize> {
+        (0..self.regions.len()).filter(|&i| self.regions[i].image_id == image_id).collect()
+    }
+
+    /// Index of region `query_id`.
+    pub fn region_index(&self, query_id: &str) -> Option<usize> {
+        self.regions.iter().position(|r| r.id == query_id)
+    }
+
+    /// Indices of the candidates of `query_id`.
+    pub fn candidates_of(&self, query_id: &str) -> Vec<usize> {
+        (0..self.candidates.len()).filter(|&i| self.candidates[i].query_id == query_id).collect()
+    }
+
+    /// Index of candidate `id`.
+    pub fn candidate_index(&self, id: &str) -> Option<usize> {
+        self.candidates.iter().position(|c| c.id == id)
+    }
+
+    /// The region's ground-truth boxes (its objects), or an issue.
+    pub fn region_gt(&self, region: &RegionRecord) -> Result<Vec<Bbox>, StageIssue> {
+        pipeline::region_gt(region, &self.dataset, &self.object_ids)
+    }
+
+    /// Object index of annotation id `id`.
+    pub fn object_index(&self, id: u64) -> Option<usize> {
+        self.object_ids.get(&id).copied()
+    }
+
+    /// The marks of `query_id`.
+    pub fn mark_of(&self, query_id: &str) -> Option<&MarkRecord> {
+        self.marks.iter().find(|m| m.query_id == query_id)
+    }
+
+    /// The candidates of `query_id` ranked best first at `lambda`, with the
+    /// localization score recomputed at `match_iou` from the stored boxes
+    /// (no model runs: this is instant).
+    pub fn ranking(&self, query_id: &str, lambda: f32, match_iou: f32) -> Vec<Ranked> {
+        let Some(region) = self.region_index(query_id).map(|i| &self.regions[i]) else {
+            return Vec::new();
+        };
+        let gt = self.region_gt(region).unwrap_or_default();
+        let variant = self.project.config.scoring.localization;
+        let mut out: Vec<Ranked> = self
+            .candidates_of(query_id)
+            .into_iter()
+            .map(|ci| {
+                let stored = self.scores.get(&self.candidates[ci].id);
+                let boxes = stored.map(|s| s.boxes.clone()).unwrap_or_default();
+                let loc = scores::localization_score(&gt, &boxes, variant, match_iou);
+                let components = Components {
+                    semantic: stored.and_then(|s| s.semantic),
+                    localization: loc.score,
+                };
+                Ranked { candidate: ci, composite: components.composite(lambda), components, loc }
+            })
+            .collect();
+        out.sort_by(|a, b| b.composite.total_cmp(&a.composite));
+        out
+    }
+
+    /// The effective chosen and rejected candidate indices of a query: the
+    /// hand-set marks, else the automatic best and worst at `lambda`.
+    pub fn chosen_rejected(&self, query_id: &str, lambda: f32, match_iou: f32) -> (Option<usize>, Option<usize>) {
+        let ranking = self.ranking(query_id, lambda, match_iou);
+        let comps: Vec<Components> = ranking.iter().map(|r| r.components).collect();
+        let auto = scores::select_pair(&comps, lambda).map(|(b, w)| (ranking[b].candidate, ranking[w].candidate));
+        let mark = self.mark_of(query_id);
+        let find = |id: Option<&String>| id.and_then(|id| self.candidate_index(id));
+        (
+            find(mark.and_then(|m| m.chosen.as_ref())).or(auto.map(|a| a.0)),
+            find(mark.and_then(|m| m.rejected.as_ref())).or(auto.map(|a| a.1)),
+        )
+    }
+
+    /// The refined text of a candidate (its boxes snapped to the annotations
+    /// or removed), rendered in its own syntax and frame.
+    pub fn refined_text(&self, candidate: usize) -> Option<String> {
+        let c = &self.candidates[candidate];
+        let region = &self.regions[self.region_index(&c.query_id)?];
+        let gt = self.region_gt(region).ok()?;
+        let image = self.dataset.image_index(region.image_id)?;
+        let annotations: Vec<Bbox> = self
+            .dataset
+            .objects_of(image)
+            .filter(|&o| !self.dataset.objects.crowd[o])
+            .map(|o| self.dataset.objects.bbox[o])
+            .collect();
+        let parsed = pipeline::parse_candidate(c, region);
+        let refined = scores::refine(&parsed.text, &gt, &annotations, self.project.config.scoring.match_iou);
+        Some(render_in_frame(&refined, c, region))
+    }
+
+    /// The edit that moves box `box_index` of a candidate to `to` (image
+    /// pixels), rewriting its text in its own syntax and frame.
+    pub fn move_box_edit(&self, candidate: usize, box_index: usize, to: Bbox) -> Option<Edit> {
+        let c = &self.candidates[candidate];
+        let region = &self.regions[self.region_index(&c.query_id)?];
+        let parsed = pipeline::parse_candidate(c, region);
+        if box_index >= parsed.text.box_count() {
+            return None;
+        }
+        let mut i = 0;
+        let moved = parsed.text.replace_boxes(|b| {
+            let out = if i == box_index { vec![to] } else { vec![b] };
+            i += 1;
+            out
+        });
+        Some(Edit::SetText { id: c.id.clone(), before: c.text.clone(), after: render_in_frame(&moved, c, region) })
+    }
+
+    /// Mean, over the image's regions, of the localization score of each
+    /// region's best candidate (`None` when the image has no scored region).
+    /// The browser sorts by it, worst first.
+    pub fn image_localization(&self, image_id: u64, lambda: f32, match_iou: f32) -> Option<f32> {
+        let tops: Vec<f32> = self
+            .regions_of(image_id)
+            .iter()
+            .filter_map(|&r| self.ranking(&self.regions[r].id, lambda, match_iou).first().map(|t| t.loc.score))
+            .collect();
+        (!tops.is_empty()).then(|| tops.iter().sum::<f32>() / tops.len() as f32)
+    }
+
+    /// A region drawn by hand on image index `image` (not yet applied: pass
+    /// it to [`Workspace::apply`] as [`Edit::AddRegion`]).
+    pub fn manual_region(&self, image: usize, region: Bbox) -> RegionRecord {
+        let info = &self.dataset.images[image];
+        let k = self.regions.iter().filter(|r| r.image_id == info.id && r.id.contains("-m")).count();
+        let mut k = k;
+        loop {
+            let rec = pipeline::manual_region(
+                &self.dataset,
+                image,
+                region,
+                &self.project.config.dataset.preprocess(),
+                &self.project.config.regions,
+                k,
+            );
+            if self.region_index(&rec.id).is_none() {
+                return rec;
+            }
+            k += 1;
+        }
+    }
+
+    /// A new random SPR region on image index `image` that the project does
+    /// not have yet, drawn with `seed`.
+    pub fn random_region(&self, image: usize, seed: u64) -> Option<RegionRecord> {
+        let pre = self.project.config.dataset.preprocess();
+        let usable = self.dataset.usable_objects(image, &pre);
+        let boxes: Vec<Bbox> = usable.iter().map(|&o| self.dataset.objects.bbox[o]).collect();
+        let info = &self.dataset.images[image];
+        let cfg = RegionConfig { seed, per_image: 8, ..self.project.config.regions };
+        let taken: Vec<Bbox> = self.regions_of(info.id).iter().map(|&r| self.regions[r].region).collect();
+        let q = sample_regions(&boxes, info.width as f32, info.height as f32, &cfg, info.id)
+            .into_iter()
+            .find(|q| !taken.contains(&q.region))?;
+        let mut k = self.regions_of(info.id).len();
+        while self.region_index(&format!("{}-{k}", info.id)).is_some() {
+            k += 1;
+        }
+        Some(RegionRecord {
+            v: FORMAT_VERSION,
+            id: format!("{}-{k}", info.id),
+            image_id: info.id,
+            file_name: info.file_name.clone(),
+            width: info.width,
+            height: info.height,
+            region: q.region,
+            crop: q.crop,
+            seed_object: Some(self.dataset.objects.id[usable[q.seed]]),
+            objects: q.objects.iter().map(|&i| self.dataset.objects.id[usable[i]]).collect(),
+            source: project::RegionSource::Random,
+        })
+    }
+
+    /// A new hand-written candidate for `query_id` (not yet applied).
+    pub fn manual_candidate(&self, query_id: &str, text: &str) -> CandidateRecord {
+        let mut k = 0;
+        while self.candidate_index(&format!("{query_id}-h{k}")).is_some() {
+            k += 1;
+        }
+        CandidateRecord {
+            v: FORMAT_VERSION,
+            id: format!("{query_id}-h{k}"),
+            query_id: query_id.to_string(),
+            source: "manual".into(),
+            prompt: None,
+            text: text.to_string(),
+            format: self.project.config.model.format,
+            frame: Frame::Crop,
+        }
+    }
+
+    /// The edit that sets (or, with `None`, clears) one mark of a query.
+    pub fn mark_edit(&self, query_id: &str, kind: MarkKind, candidate: Option<String>) -> Edit {
+        let before = self.mark_of(query_id).cloned();
+        let mut after = before.clone().unwrap_or(MarkRecord {
+            v: FORMAT_VERSION,
+            query_id: query_id.to_string(),
+            chosen: None,
+            rejected: None,
+        });
+        match kind {
+            MarkKind::Chosen => after.chosen = candidate,
+            MarkKind::Rejected => after.rejected = candidate,
+        }
+        let after = (after.chosen.is_some() || after.rejected.is_some()).then_some(after);
+        Edit::SetMark { query_id: query_id.to_string(), before, after }
+    }
+
+    /// Apply an edit, record it for undo, and save the files it touches.
+    pub fn apply(&mut self, edit: Edit) -> Result<(), ProjectError> {
+        self.apply_raw(&edit)?;
+        self.undo.push(edit);
+        self.redo.clear();
+        Ok(())
+    }
+
+    /// Undo the last edit; `false` when there is none.
+    pub fn undo(&mut self) -> Result<bool, ProjectError> {
+        let Some(edit) = self.undo.pop() else { return Ok(false) };
+        match edit.inverse() {
+            Inverse::RemoveRegion(id) => {
+                self.regions.retain(|r| r.id != id);
+                self.save(files::REGIONS)?;
+            }
+            Inverse::RemoveCandidate(id) => {
+                self.candidates.retain(|c| c.id != id);
+                self.scores.remove(&id);
+                self.save(files::CANDIDATES)?;
+                self.save(files::SCORES)?;
+            }
+            Inverse::Edit(e) => self.apply_raw(&e)?,
+        }
+        self.redo.push(edit);
+        Ok(true)
+    }
+
+    /// Redo the last undone edit; `false` when there is none.
+    pub fn redo(&mut self) -> Result<bool, ProjectError> {
+        let Some(edit) = self.redo.pop() else { return Ok(false) };
+        self.apply_raw(&edit)?;
+        self.undo.push(edit);
+        Ok(true)
+    }
+
+    /// Whether there is something to undo / redo.
+    pub fn can_undo(&self) -> bool {
+        !self.undo.is_empty()
+    }
+
+    /// See [`Workspace::can_undo`].
+    pub fn can_redo(&self) -> bool {
+        !self.redo.is_empty()
+    }
+
+    fn apply_raw(&mut self, edit: &Edit) -> Result<(), ProjectError> {
+        match edit {
+            Edit::AddRegion(r) => {
+                self.regions.push(r.clone());
+                self.save(files::REGIONS)
+            }
+            Edit::AddCandidate(c) => {
+                self.candidates.push(c.clone());
+                self.rescore(&c.id);
+                self.save(files::CANDIDATES)?;
+                self.save(files::SCORES)
+            }
+            Edit::SetText { id, after, .. } => {
+                if let Some(i) = self.candidate_index(id) {
+                    self.candidates[i].text = after.clone();
+                    self.rescore(id);
+                }
+                self.save(files::CANDIDATES)?;
+                self.save(files::SCORES)
+            }
+            Edit::SetMark { query_id, after, .. } => {
+                self.marks.retain(|m| &m.query_id != query_id);
+                if let Some(m) = after {
+                    self.marks.push(m.clone());
+                }
+                self.save(files::MARKS)
+            }
+        }
+    }
+
+    /// Recompute the localization components of one candidate. A changed
+    /// text makes a stored semantic score stale, so it is dropped.
+    fn rescore(&mut self, candidate_id: &str) {
+        let Some(ci) = self.candidate_index(candidate_id) else { return };
+        let c = &self.candidates[ci];
+        let Some(region) = self.region_index(&c.query_id).map(|i| &self.regions[i]) else {
+            return;
+        };
+        let (scored, _) = pipeline::score_candidates(
+            &self.dataset,
+            std::slice::from_ref(region),
+            std::slice::from_ref(c),
+            &self.project.config.scoring,
+            &NoDetector,
+            &|_| {},
+        );
+        match scored.into_iter().next() {
+            Some(s) => {
+                self.scores.insert(candidate_id.to_string(), s);
+            }
+            None => {
+                self.scores.remove(candidate_id);
+            }
+        }
+    }
+
+    /// Write one stage file from memory, atomically.
+    fn save(&self, name: &str) -> Result<(), ProjectError> {
+        let path = self.project.path(name);
+        match name {
+            files::REGIONS => project::write_jsonl(&path, &self.regions),
+            files::CANDIDATES => project::write_jsonl(&path, &self.candidates),
+            files::MARKS => project::write_jsonl(&path, &self.marks),
+            _ => {
+                // Scores in candidate order, so the file is stable.
+                let ordered: Vec<&ScoreRecord> =
+                    self.candidates.iter().filter_map(|c| self.scores.get(&c.id)).collect();
+                project::write_jsonl(&path, &ordered)
+            }
+        }
+    }
+
+    /// SPR pairs of the whole project at `lambda` (marks applied).
+    pub fn pairs(&self, lambda: f32) -> (Vec<PairRecord>, PairStats, Vec<StageIssue>) {
+        let mut scoring = self.project.config.scoring.clone();
+        scoring.lambda = lambda;
+        let scores: Vec<ScoreRecord> =
+            self.candidates.iter().filter_map(|c| self.scores.get(&c.id).cloned()).collect();
+        pipeline::build_pairs(
+            &self.dataset,
+            &self.regions,
+            &self.candidates,
+            &scores,
+            &self.marks,
+            &scoring,
+            self.project.config.model.format,
+        )
+    }
+
+    /// Write `pairs.jsonl` and the TRL export at `lambda`; returns the export
+    /// folder, pairs written and the records skipped.
+    pub fn export(&self, lambda: f32) -> Result<(PathBuf, usize, Vec<StageIssue>), ProjectError> {
+        let (pairs, _, mut issues) = self.pairs(lambda);
+        project::write_jsonl(&self.project.path(files::PAIRS), &pairs)?;
+        let out = self.project.path(files::EXPORT_DIR);
+        let (records, more) = pipeline::export_trl(
+            &pairs,
+            &self.project.image_root(),
+            &self.project.config.export.prompt,
+            &out,
+            &|_| {},
+        )?;
+        issues.extend(more);
+        Ok((out, records.len(), issues))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo_copy() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("demo");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo");
+        std::fs::create_dir_all(&dst).unwrap();
+        for e in std::fs::read_dir(&src).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+            }
+        }
+        // Images are only read by export; link the folder.
+        std::os::unix::fs::symlink(src.join("images"), dst.join("images")).unwrap();
+        (tmp, dst)
+    }
+
+    #[test]
+    fn edits_are_saved_and_undone() {
+        let (_tmp, dir) = demo_copy();
+        let mut ws = Workspace::open(&dir).unwrap();
+        assert!(ws.problems.is_empty(), "{:?}", ws.problems);
+        let n = ws.regions.len();
+        let r = ws.manual_region(0, Bbox::new(10.0, 10.0, 200.0, 150.0));
+        assert_eq!(r.source, project::RegionSource::Manual);
+        ws.apply(Edit::AddRegion(r.clone())).unwrap();
+        let on_disk = Workspace::open(&dir).unwrap();
+        assert_eq!(on_disk.regions.len(), n + 1);
+        assert_eq!(on_disk.regions[n], r);
+        assert!(ws.undo().unwrap());
+        assert_eq!(Workspace::open(&dir).unwrap().regions.len(), n);
+        assert!(ws.redo().unwrap());
+        assert_eq!(Workspace::open(&dir).unwrap().regions.len(), n + 1);
+
+        // A hand-written candidate is scored at once.
+        let q = ws.regions[0].id.clone();
+        let c = ws.manual_candidate(&q, "nothing to see");
+        ws.apply(Edit::AddCandidate(c.clone())).unwrap();
+        assert_eq!(ws.scores[&c.id].localization, 0.0);
+        // Editing its text re-scores it.
+        let precise = ws.candidates[ws.candidates_of(&q)[0]].text.clone();
+        ws.apply(Edit::SetText { id: c.id.clone(), before: c.text.clone(), after: precise }).unwrap();
+        assert!(ws.scores[&c.id].localization > 0.9);
+        assert!(ws.undo().unwrap());
+        assert_eq!(ws.scores[&c.id].localization, 0.0);
+        assert_eq!(Workspace::open(&dir).unwrap().scores[&c.id].localization, 0.0);
+    }
+
+    #[test]
+    fn marks_override_the_automatic_pair() {
+        let (_tmp, dir) = demo_copy();
+        let mut ws = Workspace::open(&dir).unwrap();
+        let q = ws.regions[0].id.clone();
+        let (auto_c, auto_r) = ws.chosen_rejected(&q, 0.8, 0.5);
+        let cands = ws.candidates_of(&q);
+        let pick = cands[1];
+        assert_ne!(Some(pick), auto_c);
+        let e = ws.mark_edit(&q, MarkKind::Chosen, Some(ws.candidates[pick].id.clone()));
+        ws.apply(e).unwrap();
+        assert_eq!(ws.chosen_rejected(&q, 0.8, 0.5), (Some(pick), auto_r));
+        let (pairs, stats, _) = ws.pairs(0.8);
+        assert_eq!(stats.manual, 1);
+        let p = pairs.iter().find(|p| p.query_id == q).unwrap();
+        assert!(p.manual);
+        assert_eq!(p.chosen_id, ws.candidates[pick].id);
+        assert_eq!(Workspace::open(&dir).unwrap().marks.len(), 1);
+    }
+
+    #[test]
+    fn ranking_follows_the_threshold() {
+        let (_tmp, dir) = demo_copy();
+        let ws = Workspace::open(&dir).unwrap();
+        let q = ws.regions[0].id.clone();
+        let r5 = ws.ranking(&q, 0.8, 0.5);
+        let r95 = ws.ranking(&q, 0.8, 0.95);
+        assert_eq!(r5.len(), 6);
+        // At IoU 0.95 the jittered candidate no longer matches anything.
+        let jit = |r: &[Ranked]| r.iter().find(|x| ws.candidates[x.candidate].source.ends_with("jittered")).unwrap().loc.score;
+        assert!(jit(&r5) > 0.3 && jit(&r95) < jit(&r5));
+        assert!(ws.image_localization(ws.regions[0].image_id, 0.8, 0.5).unwrap() > 0.9);
+    }
+}

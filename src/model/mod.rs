@@ -1,0 +1,144 @@
+//! Models in candle: the LLaVA-1.5-style VLM the trainer fine-tunes with
+//! LoRA, and what it needs to load (configs, weights, tokenizer, hub).
+//!
+//! - [`llava`]: CLIP vision tower (frozen) → 2-layer MLP projector → Llama
+//!   decoder, loaded from a llava-hf folder (transformers'
+//!   `LlavaForConditionalGeneration`). Image features are a separate call so
+//!   they can be computed once per image and cached.
+//! - [`llama`]: our own Llama decoder: logits for every position, a KV cache,
+//!   greedy and top-p generation, LoRA on its linear layers.
+//! - [`clip`]: the CLIP vision tower and LLaVA's projector.
+//! - [`lora`]: LoRA layers and PEFT-compatible adapter files.
+//! - [`tokenizer`]: `tokenizer.json` plus the LLaVA-1.5 chat prompt.
+//! - [`processor`]: CLIP image preprocessing (resize, crop, normalise).
+//! - [`hub`]: finding a model folder locally or on the Hugging Face hub.
+//! - [`config`]: serde mirrors of the `config.json` files.
+//!
+//! Reference implementations: transformers' `modeling_llava.py`,
+//! `modeling_llama.py`, `modeling_clip.py`, `image_processing_clip.py`, and
+//! PEFT's `tuners/lora`. `tests/model_parity.rs` checks logits against
+//! transformers on a tiny random checkpoint made by
+//! `scripts/parity/make_fixtures.py`.
+//!
+//! Precision: `f32` on CPU, `bf16` on CUDA ([`default_dtype`]); LoRA
+//! adapters are always `f32`.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+
+pub mod clip;
+pub mod config;
+pub mod hub;
+pub mod llama;
+pub mod llava;
+pub mod lora;
+pub mod processor;
+pub mod tokenizer;
+
+pub use config::{ClipVisionConfig, LlamaConfig, LlavaConfig};
+pub use llama::{
+    next_token_logprobs, token_logprobs, FinishReason, GenerationConfig, Generated, KvCache,
+    Llama, Sampling,
+};
+pub use llava::{Llava, LlavaBundle};
+pub use lora::{LoraConfig, PeftLayout, TargetModule};
+pub use processor::ImageProcessor;
+pub use tokenizer::LlavaTokenizer;
+
+/// Errors of the model layer. Each names the file or tensor involved.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A folder or file that must exist does not.
+    #[error("{what} not found: {path}")]
+    MissingPath {
+        /// The path looked for.
+        path: PathBuf,
+        /// What it should have been (`model folder`, ...).
+        what: &'static str,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON file could not be parsed.
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parse error (with line and column).
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A config holds values that do not fit together or are unsupported.
+    #[error("{path}: {message}")]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Weights could not be loaded: a missing tensor, a shape that does not
+    /// match the config, a corrupt file. The message names the tensor.
+    #[error("loading weights from {path}: {source}")]
+    Weights {
+        /// The checkpoint folder or file.
+        path: PathBuf,
+        /// candle's error, naming the tensor.
+        #[source]
+        source: candle_core::Error,
+    },
+    /// An adapter folder cannot be used with this model.
+    #[error("adapter {path}: {message}")]
+    Adapter {
+        /// The adapter file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The tokenizer could not be loaded or failed on a text.
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// The tokenizers crate's message.
+        message: String,
+    },
+    /// A model id is neither a local folder nor downloadable.
+    #[error("model {model:?} is not a local folder and could not be fetched from the Hugging Face hub: {message}")]
+    Hub {
+        /// The folder or hub id given.
+        model: String,
+        /// Why the download failed.
+        message: String,
+    },
+    /// Inputs that do not fit the model (shapes, token counts).
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result of the model layer.
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// The compute dtype for a device: `f32` on CPU, `bf16` on CUDA.
+pub fn default_dtype(device: &Device) -> DType {
+    if device.is_cuda() {
+        DType::BF16
+    } else {
+        DType::F32
+    }
+}
+
+/// The first CUDA device when built with CUDA and one is present, else the
+/// CPU.
+pub fn default_device() -> Device {
+    Device::cuda_if_available(0).unwrap_or(Device::Cpu)
+}

@@ -4,9 +4,9 @@
 //!
 //! Tolerances (f32 on CPU): logits and image features within 1e-4 absolute
 //! (logits are O(1–5), so this is ~1e-5 relative); greedy generations equal
-//! token for token; pixel values from our resize within 0.05 (about 3/255
-//! before normalisation, the rounding of a different bicubic
-//! implementation).
+//! token for token; pixel values from our resize within 0.02 (one 8-bit
+//! rounding step, 1/255/std ≈ 0.015, from a different bicubic
+//! implementation than PIL's).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -94,6 +94,7 @@ fn image_features_and_logits_match_transformers() {
     let feats = model.image_features(&r["pixel_values"]).unwrap();
     assert_eq!(feats.dims(), &[2, 16, 64]);
     let d = max_diff(&feats, &r["image_features"]);
+    eprintln!("image features: max abs diff {d:e}");
     assert!(d < TOL, "image features differ by {d}");
 
     let logits = logits_of(&model, &r);
@@ -113,7 +114,13 @@ fn peft_adapter_logits_match_and_switch_off() {
     assert_eq!(cfg.alpha, 8.0);
     assert_eq!(
         cfg.targets.iter().copied().collect::<Vec<_>>(),
-        vec![TargetModule::Q, TargetModule::V, TargetModule::O, TargetModule::Up, TargetModule::Down]
+        vec![
+            TargetModule::Q,
+            TargetModule::V,
+            TargetModule::O,
+            TargetModule::Up,
+            TargetModule::Down
+        ]
     );
     let lora = logits_of(&model, &r);
     let d = masked_max_diff(&lora, &r["lora_logits"], &r["attention_mask"]);
@@ -171,12 +178,18 @@ fn kv_cache_and_left_padding_agree_with_full_forward() {
     let mut cache = model.lm().new_cache();
     let embeds = model.embed(&ids, Some(&f0)).unwrap();
     let prefix = embeds.narrow(1, 0, split).unwrap();
-    let h = model.lm().forward_embeds(&prefix, None, Some(&mut cache)).unwrap();
+    let h = model
+        .lm()
+        .forward_embeds(&prefix, None, Some(&mut cache))
+        .unwrap();
     let d = max_diff(&h, &full.narrow(1, 0, split).unwrap());
     assert!(d < TOL, "cached prefix differs by {d}");
     for i in split..t {
         let step = embeds.narrow(1, i, 1).unwrap();
-        let h = model.lm().forward_embeds(&step, None, Some(&mut cache)).unwrap();
+        let h = model
+            .lm()
+            .forward_embeds(&step, None, Some(&mut cache))
+            .unwrap();
         let d = max_diff(&h, &full.narrow(1, i, 1).unwrap());
         assert!(d < TOL, "cached step {i} differs by {d}");
     }
@@ -245,11 +258,23 @@ fn tokenizer_and_prompt_match_the_llava_processor() {
     for (p, c) in prompts.iter().zip(&chat) {
         assert_eq!(&spr_workbench::model::tokenizer::chat_prompt(p), c);
     }
-    let prompt_ids = r["prompt_ids"].to_dtype(DType::U32).unwrap().to_vec2::<u32>().unwrap();
+    let prompt_ids = r["prompt_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec2::<u32>()
+        .unwrap();
     assert_eq!(tok.encode_chat(prompts[0]).unwrap(), prompt_ids[0]);
 
-    let ids = r["input_ids"].to_dtype(DType::U32).unwrap().to_vec2::<u32>().unwrap();
-    let mask = r["attention_mask"].to_dtype(DType::U32).unwrap().to_vec2::<u32>().unwrap();
+    let ids = r["input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec2::<u32>()
+        .unwrap();
+    let mask = r["attention_mask"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec2::<u32>()
+        .unwrap();
     for (i, text) in meta["texts"].as_array().unwrap().iter().enumerate() {
         let real: Vec<u32> = ids[i]
             .iter()
@@ -262,7 +287,9 @@ fn tokenizer_and_prompt_match_the_llava_processor() {
     assert_eq!(tok.image_token_id(), 360);
     assert_eq!(tok.pad_token_id(), 361);
     assert_eq!(tok.eos_token_ids(), &[2]);
-    let text = tok.decode(&tok.encode("A red cup.", false).unwrap(), true).unwrap();
+    let text = tok
+        .decode(&tok.encode("A red cup.", false).unwrap(), true)
+        .unwrap();
     assert_eq!(text, "A red cup.");
 }
 
@@ -275,7 +302,8 @@ fn image_processor_is_close_to_transformers() {
     let theirs = r["pixel_values"].i(0).unwrap();
     let d = max_diff(&ours, &theirs);
     eprintln!("pixel values: max abs diff {d}");
-    assert!(d < 0.05, "pixel values differ by {d}");
+    // One 8-bit rounding step after normalisation is 1/255/0.26 ≈ 0.015.
+    assert!(d < 0.02, "pixel values differ by {d}");
 }
 
 #[test]
@@ -290,17 +318,21 @@ fn peft_round_trip_keeps_names_shapes_and_outputs() {
     )
     .unwrap();
     let shapes = |m: &HashMap<String, Tensor>| -> BTreeMap<String, Vec<usize>> {
-        m.iter().map(|(k, v)| (k.clone(), v.dims().to_vec())).collect()
+        m.iter()
+            .map(|(k, v)| (k.clone(), v.dims().to_vec()))
+            .collect()
     };
 
     let dir = tempfile::tempdir().unwrap();
     model.save_adapter(dir.path(), PeftLayout::Current).unwrap();
-    let ours = candle_core::safetensors::load(
-        dir.path().join("adapter_model.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
-    assert_eq!(shapes(&ours), shapes(&peft), "saved keys/shapes differ from PEFT's");
+    let ours =
+        candle_core::safetensors::load(dir.path().join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert_eq!(
+        shapes(&ours),
+        shapes(&peft),
+        "saved keys/shapes differ from PEFT's"
+    );
     for (k, v) in &peft {
         assert_eq!(max_diff(v, &ours[k]), 0.0, "{k} changed in the round trip");
     }
@@ -320,7 +352,9 @@ fn peft_round_trip_keeps_names_shapes_and_outputs() {
 
     // The transformers-4 key layout reads back the same.
     let legacy = tempfile::tempdir().unwrap();
-    model.save_adapter(legacy.path(), PeftLayout::Legacy).unwrap();
+    model
+        .save_adapter(legacy.path(), PeftLayout::Legacy)
+        .unwrap();
     let keys = candle_core::safetensors::load(
         legacy.path().join("adapter_model.safetensors"),
         &Device::Cpu,
@@ -363,38 +397,75 @@ fn fresh_lora_is_identity_and_gets_gradients() {
     let mask = &r["attention_mask"];
     let loss = |m: &Llava| -> Tensor {
         let logits = m.forward(ids, Some(&feats), Some(mask)).unwrap();
-        next_token_logprobs(&logits, ids).unwrap().sum_all().unwrap()
+        next_token_logprobs(&logits, ids)
+            .unwrap()
+            .sum_all()
+            .unwrap()
     };
     let grads = loss(&model).backward().unwrap();
     for (name, var) in &named {
         let g = grads.get(var.as_tensor());
         if name.contains("lora_B") {
             let g = g.unwrap_or_else(|| panic!("no gradient for {name}"));
-            let n = g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let n = g
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(n > 0.0, "zero gradient for {name}");
         }
     }
+    // Finite-difference check of one entry, on a single logit (O(1), so
+    // f32 rounding does not swamp the difference quotient).
+    let logit = |m: &Llava| -> f32 {
+        let logits = m.forward(ids, Some(&feats), Some(mask)).unwrap();
+        logits.i((0, 40, 17)).unwrap().to_scalar::<f32>().unwrap()
+    };
     let (name, b0) = named
         .iter()
         .find(|(n, _)| n.contains("layers.0.self_attn.q_proj.lora_B"))
         .unwrap();
-    let analytic = grads.get(b0.as_tensor()).unwrap().i((0, 0)).unwrap().to_scalar::<f32>().unwrap();
-    let eps = 1e-2f32;
+    let logits = model.forward(ids, Some(&feats), Some(mask)).unwrap();
+    let grads = logits.i((0, 40, 17)).unwrap().backward().unwrap();
+    // The entry with the largest gradient, so the check is not vacuous.
+    let g = grads.get(b0.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+    let (row, col, analytic) = g
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| r.iter().enumerate().map(move |(j, v)| (i, j, *v)))
+        .max_by(|a, b| a.2.abs().total_cmp(&b.2.abs()))
+        .unwrap();
+    assert!(
+        analytic.abs() > 1e-2,
+        "gradient too small to check: {analytic}"
+    );
+    let eps = 3e-2f32;
     let bump = |delta: f32| {
         let mut v = b0.as_tensor().to_vec2::<f32>().unwrap();
-        v[0][0] = delta;
+        v[row][col] = delta;
         b0.set(&Tensor::new(v, &Device::Cpu).unwrap()).unwrap();
-        loss(&model).to_scalar::<f32>().unwrap()
+        logit(&model)
     };
     let numeric = (bump(eps) - bump(-eps)) / (2.0 * eps);
     bump(0.0);
-    let rel = (numeric - analytic).abs() / analytic.abs().max(1e-3);
-    assert!(rel < 2e-2, "{name}[0,0]: analytic {analytic}, numeric {numeric}");
+    let rel = (numeric - analytic).abs() / analytic.abs();
+    eprintln!("{name}[{row},{col}]: analytic {analytic}, numeric {numeric}");
+    assert!(
+        rel < 1e-2,
+        "{name}[{row},{col}]: analytic {analytic}, numeric {numeric}"
+    );
 }
 
 /// Copies the fixture's model files (not the adapter) into a temp folder.
 fn copy_model(to: &Path) {
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+    ] {
         std::fs::copy(fixture().join(f), to.join(f)).unwrap();
     }
 }
@@ -403,7 +474,8 @@ fn copy_model(to: &Path) {
 fn sharded_and_transformers5_layouts_load() {
     let r = reference();
     let expected = logits_of(&load(), &r);
-    let all = candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
+    let all =
+        candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
     copy_model(dir.path());
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
@@ -430,7 +502,8 @@ fn sharded_and_transformers5_layouts_load() {
     for (i, shard) in shards.iter().enumerate() {
         candle_core::safetensors::save(
             shard,
-            dir.path().join(format!("model-0000{}-of-00002.safetensors", i + 1)),
+            dir.path()
+                .join(format!("model-0000{}-of-00002.safetensors", i + 1)),
         )
         .unwrap();
     }
@@ -468,8 +541,13 @@ fn wrong_shapes_and_missing_files_give_clear_errors() {
     cfg["text_config"]["hidden_size"] = serde_json::json!(48);
     cfg["text_config"]["head_dim"] = serde_json::json!(12);
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let msg = Llava::load(dir.path(), &Device::Cpu, DType::F32).unwrap_err().to_string();
-    assert!(msg.contains("shape mismatch for multi_modal_projector.linear_1.weight"), "{msg}");
+    let msg = Llava::load(dir.path(), &Device::Cpu, DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("shape mismatch for multi_modal_projector.linear_1.weight"),
+        "{msg}"
+    );
 
     // A tensor missing from the file.
     let dir = tempfile::tempdir().unwrap();
@@ -478,21 +556,37 @@ fn wrong_shapes_and_missing_files_give_clear_errors() {
         candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
     all.remove("language_model.model.norm.weight");
     candle_core::safetensors::save(&all, dir.path().join("model.safetensors")).unwrap();
-    let msg = Llava::load(dir.path(), &Device::Cpu, DType::F32).unwrap_err().to_string();
-    assert!(msg.contains("cannot find tensor language_model.model.norm.weight"), "{msg}");
+    let msg = Llava::load(dir.path(), &Device::Cpu, DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("cannot find tensor language_model.model.norm.weight"),
+        "{msg}"
+    );
 
     // Missing folder, missing weights, broken config.
     let err = Llava::load(Path::new("/no/such/model"), &Device::Cpu, DType::F32).unwrap_err();
-    assert!(err.to_string().contains("model folder not found: /no/such/model"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("model folder not found: /no/such/model"),
+        "{err}"
+    );
     let err = LlavaBundle::load("./no/such/model", &Device::Cpu).unwrap_err();
     assert!(matches!(err, ModelError::MissingPath { .. }), "{err}");
     let empty = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture().join("config.json"), empty.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixture().join("config.json"),
+        empty.path().join("config.json"),
+    )
+    .unwrap();
     let err = Llava::load(empty.path(), &Device::Cpu, DType::F32).unwrap_err();
     assert!(err.to_string().contains("model.safetensors"), "{err}");
     std::fs::write(empty.path().join("config.json"), "{\"text_config\": [").unwrap();
     let err = Llava::load(empty.path(), &Device::Cpu, DType::F32).unwrap_err();
-    assert!(matches!(err, ModelError::Json { .. }) && err.to_string().contains("config.json"), "{err}");
+    assert!(
+        matches!(err, ModelError::Json { .. }) && err.to_string().contains("config.json"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -517,7 +611,10 @@ fn bad_adapters_are_refused_without_changing_the_model() {
     // Wrong rank on one side.
     let key = "base_model.model.model.language_model.layers.1.mlp.down_proj.lora_A.weight";
     let mut bad = peft.clone();
-    bad.insert(key.into(), Tensor::zeros((4, 64), DType::F32, &Device::Cpu).unwrap());
+    bad.insert(
+        key.into(),
+        Tensor::zeros((4, 64), DType::F32, &Device::Cpu).unwrap(),
+    );
     let dir = write(&bad);
     let msg = model.load_adapter(dir.path()).unwrap_err().to_string();
     assert!(msg.contains(key) && msg.contains("128"), "{msg}");
@@ -525,7 +622,8 @@ fn bad_adapters_are_refused_without_changing_the_model() {
     // An adapter on the vision tower.
     let mut bad = peft.clone();
     bad.insert(
-        "base_model.model.model.vision_tower.encoder.layers.0.self_attn.q_proj.lora_A.weight".into(),
+        "base_model.model.model.vision_tower.encoder.layers.0.self_attn.q_proj.lora_A.weight"
+            .into(),
         Tensor::zeros((4, 32), DType::F32, &Device::Cpu).unwrap(),
     );
     let dir = write(&bad);
@@ -535,24 +633,37 @@ fn bad_adapters_are_refused_without_changing_the_model() {
     // A layer the model does not have.
     let mut bad = peft.clone();
     for m in ["A", "B"] {
-        let k = format!("base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_{m}.weight");
+        let k = format!(
+            "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_{m}.weight"
+        );
         let v = bad[&k].clone();
         bad.insert(k.replace("layers.0", "layers.7"), v);
     }
     let dir = write(&bad);
     let msg = model.load_adapter(dir.path()).unwrap_err().to_string();
-    assert!(msg.contains("layers.7.self_attn.q_proj") && msg.contains("does not exist"), "{msg}");
+    assert!(
+        msg.contains("layers.7.self_attn.q_proj") && msg.contains("does not exist"),
+        "{msg}"
+    );
 
     // DoRA.
     let dir = write(&peft);
     let cfg = config.replace("\"use_dora\": false", "\"use_dora\": true");
     std::fs::write(dir.path().join("adapter_config.json"), cfg).unwrap();
     let msg = model.load_adapter(dir.path()).unwrap_err().to_string();
-    assert!(msg.contains("DoRA") && msg.contains("adapter_config.json"), "{msg}");
+    assert!(
+        msg.contains("DoRA") && msg.contains("adapter_config.json"),
+        "{msg}"
+    );
 
     // Missing folder.
-    let err = model.load_adapter(Path::new("/no/such/adapter")).unwrap_err();
-    assert!(err.to_string().contains("adapter folder not found"), "{err}");
+    let err = model
+        .load_adapter(Path::new("/no/such/adapter"))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("adapter folder not found"),
+        "{err}"
+    );
 
     // None of that touched the model.
     assert!(model.trainable_vars().is_empty());

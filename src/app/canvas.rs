@@ -266,9 +266,15 @@ pub fn show(
     for b in &all {
         let r = view.screen_rect(rect, b.bbox);
         if let Some(label) = &b.label {
+            // Candidate boxes are numbered at their top-right, the rest named at the top-left.
+            let (pos, align) = if b.candidate_box.is_some() {
+                (r.right_top() + Vec2::new(-2.0, 2.0), egui::Align2::RIGHT_TOP)
+            } else {
+                (r.left_top() + Vec2::new(2.0, -2.0), egui::Align2::LEFT_BOTTOM)
+            };
             painter.text(
-                r.left_top() + Vec2::new(2.0, -2.0),
-                egui::Align2::LEFT_BOTTOM,
+                pos,
+                align,
                 label,
                 egui::FontId::proportional(11.0),
                 Color32::from_rgba_unmultiplied(

@@ -250,7 +250,7 @@ impl WorkbenchApp {
             ui.add(egui::DragValue::new(&mut self.filter.min_objects).range(0..=500));
         });
         let cat_name = |c: Option<usize>| c.map_or("any category".to_string(), |c| ws.dataset.categories[c].name.clone());
-        egui::ComboBox::from_label("category").selected_text(cat_name(self.filter.category)).show_ui(ui, |ui| {
+        egui::ComboBox::from_id_salt("category").selected_text(cat_name(self.filter.category)).show_ui(ui, |ui| {
             ui.selectable_value(&mut self.filter.category, None, "any category");
             for (i, c) in ws.dataset.categories.iter().enumerate() {
                 ui.selectable_value(&mut self.filter.category, Some(i), &c.name);
@@ -271,7 +271,7 @@ impl WorkbenchApp {
                             ui.add(egui::Image::new(t).fit_to_exact_size(egui::vec2(48.0, 36.0)));
                         }
                         Some(Err(_)) => {
-                            ui.add_sized([48.0, 36.0], egui::Label::new(RichText::new("⚠").color(colors::UNMATCHED)));
+                            ui.add_sized([48.0, 36.0], egui::Label::new(RichText::new("no image").small().color(colors::UNMATCHED)));
                         }
                         None => {
                             ui.add_sized([48.0, 36.0], egui::Spinner::new());
@@ -374,7 +374,7 @@ impl WorkbenchApp {
                     let by_hand_c = mark.as_ref().and_then(|m| m.chosen.as_ref()) == Some(&c.id);
                     let by_hand_r = mark.as_ref().and_then(|m| m.rejected.as_ref()) == Some(&c.id);
                     let tag = |on: bool, hand: bool, s: &str| {
-                        let t = if hand { format!("{s}✋") } else { s.to_string() };
+                        let t = if hand { format!("{s} (hand)") } else { s.to_string() };
                         if on { RichText::new(t).strong() } else { RichText::new(t).weak() }
                     };
                     if ui
@@ -456,6 +456,7 @@ impl WorkbenchApp {
             return;
         }
         egui::CollapsingHeader::new(format!("Problems ({})", ws.problems.len() + usize::from(image_problem.is_some())))
+            .id_salt("problems")
             .default_open(false)
             .show(ui, |ui| {
                 egui::ScrollArea::vertical().max_height(160.0).show(ui, |ui| {
@@ -512,7 +513,7 @@ impl WorkbenchApp {
 fn export(root: &Path, lambda: f32) -> Result<String, String> {
     let ws = Workspace::open(root).map_err(|e| format!("export failed: {e}"))?;
     let (out, n, issues) = ws.export(lambda).map_err(|e| format!("export failed: {e}"))?;
-    Ok(format!("exported {n} pairs ({} skipped) → {}", issues.len(), out.display()))
+    Ok(format!("exported {n} pairs ({} skipped) to {}", issues.len(), out.display()))
 }
 
 /// The browser's rows: (image index, image localization score), filtered and sorted.

@@ -13,7 +13,7 @@
 //! | `precise`  | every region object, exact boxes                         |
 //! | `jittered` | every region object, boxes off by 3–8 px                 |
 //! | `partial`  | half of the objects, exact boxes                         |
-//! | `wrong`    | right phrases, boxes of the wrong objects                |
+//! | `wrong`    | right phrases, boxes of other objects (outside the region first) |
 //! | `invented` | half of the objects plus objects that are not there      |
 //! | `vague`    | a description with no boxes at all                       |
 //!
@@ -271,11 +271,24 @@ fn candidates_for(
         .collect();
     texts.push(("jittered", sentence(&jittered)));
     texts.push(("partial", sentence(half)));
-    // Rotating the boxes by one pairs every phrase with another object's box.
+    // Each phrase gets the box of another object: the nearest object of the
+    // image outside the region, while there are any, else the next region
+    // object's box.
+    let image = ds.image_index(region.image_id).unwrap_or(0);
+    let mut outside: Vec<Bbox> = ds
+        .objects_of(image)
+        .filter(|o| !ds.objects.crowd[*o] && !region.objects.contains(&ds.objects.id[*o]))
+        .map(|o| ds.objects.bbox[o])
+        .filter(|b| b.fraction_inside(crop) >= 0.5)
+        .collect();
+    outside.sort_by(|a, b| region.region.gap(*a).total_cmp(&region.region.gap(*b)));
     let wrong: Vec<_> = exact
         .iter()
         .enumerate()
-        .map(|(i, (p, _, w))| (p.clone(), exact[(i + 1) % exact.len()].1, *w))
+        .map(|(i, (p, _, w))| {
+            let b = outside.get(i).copied().unwrap_or(exact[(i + 1) % exact.len()].1);
+            (p.clone(), b, *w)
+        })
         .collect();
     texts.push(("wrong", sentence(&wrong)));
     let mut invented: Vec<_> = half.to_vec();

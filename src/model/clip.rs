@@ -188,7 +188,11 @@ impl ClipVisionTower {
 
     /// Hidden states `0..=upto` (0 = embeddings, k = after layer k), each
     /// `(b, 1 + patches, hidden)`. Stops after layer `upto`.
-    pub fn hidden_states(&self, pixel_values: &Tensor, upto: usize) -> candle_core::Result<Vec<Tensor>> {
+    pub fn hidden_states(
+        &self,
+        pixel_values: &Tensor,
+        upto: usize,
+    ) -> candle_core::Result<Vec<Tensor>> {
         if upto > self.layers.len() {
             candle_core::bail!(
                 "hidden state {upto} requested but only {} vision layers are loaded",
@@ -232,12 +236,13 @@ impl Projector {
         bias: bool,
         act: Activation,
     ) -> candle_core::Result<Self> {
-        let load = |name: &str, i: usize, o: usize| -> candle_core::Result<(Tensor, Option<Tensor>)> {
-            let v = vb.pp(name);
-            let w = v.get((o, i), "weight")?;
-            let b = if bias { Some(v.get(o, "bias")?) } else { None };
-            Ok((w, b))
-        };
+        let load =
+            |name: &str, i: usize, o: usize| -> candle_core::Result<(Tensor, Option<Tensor>)> {
+                let v = vb.pp(name);
+                let w = v.get((o, i), "weight")?;
+                let b = if bias { Some(v.get(o, "bias")?) } else { None };
+                Ok((w, b))
+            };
         Ok(Self {
             linear_1: load("linear_1", in_dim, out_dim)?,
             linear_2: load("linear_2", out_dim, out_dim)?,

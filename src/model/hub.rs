@@ -70,7 +70,8 @@ pub fn looks_like_hub_id(source: &str) -> bool {
         !s.is_empty()
             && !s.starts_with('.')
             && !s.starts_with('-')
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
     ok(owner) && ok(name)
 }
@@ -199,7 +200,10 @@ mod tests {
     fn missing_local_folder_is_named() {
         let err = resolve_model("/definitely/not/here", &HubOptions::default()).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("model folder not found") && msg.contains("/definitely/not/here"), "{msg}");
+        assert!(
+            msg.contains("model folder not found") && msg.contains("/definitely/not/here"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -213,6 +217,9 @@ mod tests {
         let err = resolve_model("nobody/no-such-model", &options).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, ModelError::Hub { .. }), "{msg}");
-        assert!(msg.contains("nobody/no-such-model") && msg.contains("config.json"), "{msg}");
+        assert!(
+            msg.contains("nobody/no-such-model") && msg.contains("config.json"),
+            "{msg}"
+        );
     }
 }

@@ -255,7 +255,10 @@ impl Attention {
             None => scores,
         };
         let probs = softmax_last(&scores)?.to_dtype(dtype)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
         self.o_proj.forward(&out, lora)
     }
 }
@@ -299,7 +302,11 @@ impl DecoderLayer {
         Ok(Self {
             self_attn: Attention::new(vb.pp("self_attn"), cfg)?,
             mlp: Mlp::new(vb.pp("mlp"), cfg)?,
-            input_layernorm: RmsNorm::new(vb.pp("input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            input_layernorm: RmsNorm::new(
+                vb.pp("input_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
             post_attention_layernorm: RmsNorm::new(
                 vb.pp("post_attention_layernorm"),
                 cfg.hidden_size,
@@ -415,7 +422,9 @@ impl Llama {
     /// `tie_word_embeddings`).
     pub fn new(vb: VarBuilder, cfg: &LlamaConfig) -> candle_core::Result<Self> {
         let m = vb.pp("model");
-        let embed_tokens = m.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let embed_tokens = m
+            .pp("embed_tokens")
+            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::new(m.pp("layers").pp(i), cfg))
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -423,7 +432,8 @@ impl Llama {
         let lm_head = if cfg.tie_word_embeddings && !vb.contains_tensor("lm_head.weight") {
             embed_tokens.clone()
         } else {
-            vb.pp("lm_head").get((cfg.vocab_size, cfg.hidden_size), "weight")?
+            vb.pp("lm_head")
+                .get((cfg.vocab_size, cfg.hidden_size), "weight")?
         };
         let rotary = Rotary::new(cfg, vb.device())?;
         Ok(Self {
@@ -510,7 +520,13 @@ impl Llama {
         let mut xs = embeds.to_dtype(self.dtype())?;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            xs = layer.forward(&xs, (&cos, &sin), mask.as_ref(), slot, self.adapters_enabled)?;
+            xs = layer.forward(
+                &xs,
+                (&cos, &sin),
+                mask.as_ref(),
+                slot,
+                self.adapters_enabled,
+            )?;
         }
         Ok(self.norm.forward(&xs)?)
     }
@@ -566,7 +582,8 @@ impl Llama {
             for &target in &cfg.targets {
                 let linear = layer.linear_mut(target);
                 let (in_dim, out_dim) = linear.dims();
-                let adapter = LoraAdapter::init(in_dim, out_dim, cfg.r, cfg.scale(), &mut rng, &device)?;
+                let adapter =
+                    LoraAdapter::init(in_dim, out_dim, cfg.r, cfg.scale(), &mut rng, &device)?;
                 linear.set_adapter(adapter);
             }
         }
@@ -659,7 +676,10 @@ impl Llama {
                     .into(),
             ));
         }
-        if let Sampling::TopP { temperature, top_p, .. } = cfg.sampling {
+        if let Sampling::TopP {
+            temperature, top_p, ..
+        } = cfg.sampling
+        {
             if temperature <= 0.0 || !(top_p > 0.0 && top_p <= 1.0) {
                 return Err(ModelError::Input(format!(
                     "sampling needs temperature > 0 and top_p in (0, 1], got {temperature} and {top_p}"
@@ -799,9 +819,7 @@ fn pick_token(logits: &[f32], sampling: Sampling, rng: &mut SplitMix64) -> u32 {
     match sampling {
         Sampling::Greedy => argmax(logits),
         Sampling::TopP {
-            temperature,
-            top_p,
-            ..
+            temperature, top_p, ..
         } => {
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut probs: Vec<(u32, f64)> = logits
@@ -853,7 +871,9 @@ pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let logits = logits.to_dtype(DType::F32)?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let idx = targets.to_dtype(DType::U32)?.unsqueeze(D::Minus1)?;
-    Ok(logp.gather(&idx.contiguous()?, D::Minus1)?.squeeze(D::Minus1)?)
+    Ok(logp
+        .gather(&idx.contiguous()?, D::Minus1)?
+        .squeeze(D::Minus1)?)
 }
 
 /// Per-token log-probabilities of a sequence under its own logits:
@@ -887,7 +907,10 @@ mod tests {
         assert_eq!(q[1], f32::NEG_INFINITY);
         assert_eq!((q[2], q[3]), (0.0, 0.0));
         // Row 0, query 0 (padding) sees itself only.
-        assert_eq!(&m[0..4], &[0.0, f32::NEG_INFINITY, f32::NEG_INFINITY, f32::NEG_INFINITY]);
+        assert_eq!(
+            &m[0..4],
+            &[0.0, f32::NEG_INFINITY, f32::NEG_INFINITY, f32::NEG_INFINITY]
+        );
     }
 
     #[test]

@@ -113,10 +113,17 @@ impl Llava {
             .vision_feature_layer
             .to_vec()
             .into_iter()
-            .map(|l| if l < 0 { (num_states + l) as usize } else { l as usize })
+            .map(|l| {
+                if l < 0 {
+                    (num_states + l) as usize
+                } else {
+                    l as usize
+                }
+            })
             .collect();
         let needed = feature_layers.iter().copied().max().unwrap_or(0);
-        let vision = ClipVisionTower::new_truncated(vb.pp("vision_tower").pp("vision_model"), v, needed)?;
+        let vision =
+            ClipVisionTower::new_truncated(vb.pp("vision_tower").pp("vision_model"), v, needed)?;
         let projector = Projector::new(
             vb.pp("multi_modal_projector"),
             v.hidden_size * feature_layers.len(),
@@ -244,7 +251,10 @@ impl Llava {
     pub fn embed(&self, input_ids: &Tensor, image_features: Option<&Tensor>) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let image_token = self.cfg.image_token();
-        let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
+        let ids = input_ids
+            .to_dtype(DType::U32)?
+            .flatten_all()?
+            .to_vec1::<u32>()?;
         let image_positions: Vec<usize> = ids
             .iter()
             .enumerate()
@@ -389,9 +399,10 @@ impl Llava {
     /// `adapter_model.safetensors`) that PEFT's `PeftModel.from_pretrained`
     /// loads onto transformers' `LlavaForConditionalGeneration`.
     pub fn save_adapter(&self, dir: &Path, layout: PeftLayout) -> Result<()> {
-        let cfg = self.lora.as_ref().ok_or_else(|| {
-            ModelError::Input("the model has no LoRA adapters to save".into())
-        })?;
+        let cfg = self
+            .lora
+            .as_ref()
+            .ok_or_else(|| ModelError::Input("the model has no LoRA adapters to save".into()))?;
         let file = AdapterConfigFile::for_llava(cfg, self.base_model.as_deref());
         write_adapter(dir, &file, &self.lm.adapters(), layout)
     }
@@ -418,8 +429,12 @@ impl Llava {
                 ))
             })?;
             let (in_dim, out_dim) = linear.dims();
-            let (ra, ia) = a.dims2().map_err(|_| err(format!("{key_a} is not a matrix")))?;
-            let (ob, rb) = b.dims2().map_err(|_| err(format!("{key_b} is not a matrix")))?;
+            let (ra, ia) = a
+                .dims2()
+                .map_err(|_| err(format!("{key_a} is not a matrix")))?;
+            let (ob, rb) = b
+                .dims2()
+                .map_err(|_| err(format!("{key_b} is not a matrix")))?;
             if ia != in_dim || ob != out_dim || ra != rb || ra == 0 {
                 return Err(err(format!(
                     "{key_a} is {ra}×{ia} and {key_b} is {ob}×{rb}, but {path} maps {in_dim} → {out_dim} \
@@ -427,7 +442,10 @@ impl Llava {
                 )));
             }
             ranks.insert(ra);
-            staged.push((path.clone(), LoraAdapter::from_weights(a, b, weights.scale(ra))?));
+            staged.push((
+                path.clone(),
+                LoraAdapter::from_weights(a, b, weights.scale(ra))?,
+            ));
         }
         self.lm.clear_adapters();
         for (path, adapter) in staged {
@@ -435,11 +453,7 @@ impl Llava {
                 linear.set_adapter(adapter);
             }
         }
-        let r = ranks
-            .iter()
-            .next()
-            .copied()
-            .unwrap_or(weights.config.r);
+        let r = ranks.iter().next().copied().unwrap_or(weights.config.r);
         self.lora = Some(LoraConfig {
             r,
             alpha: weights.config.lora_alpha,
@@ -494,7 +508,12 @@ impl LlavaBundle {
     /// `llava-hf/llava-1.5-7b-hf` fetched into the hub cache) onto `device`
     /// in its default dtype (`f32` on CPU, `bf16` on CUDA).
     pub fn load(source: &str, device: &Device) -> Result<Self> {
-        Self::load_with(source, device, default_dtype(device), &HubOptions::default())
+        Self::load_with(
+            source,
+            device,
+            default_dtype(device),
+            &HubOptions::default(),
+        )
     }
 
     /// [`Self::load`] with an explicit dtype and hub settings.
@@ -539,6 +558,9 @@ mod tests {
             "model.multi_modal_projector.linear_1.weight",
         ]));
         assert_eq!(r.len(), 4);
-        assert!(r.contains(&("vision_tower.vision_model.".into(), "model.vision_tower.".into())));
+        assert!(r.contains(&(
+            "vision_tower.vision_model.".into(),
+            "model.vision_tower.".into()
+        )));
     }
 }

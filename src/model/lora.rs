@@ -259,7 +259,10 @@ impl LoraLinear {
     /// `(in, out)` dimensions.
     pub fn dims(&self) -> (usize, usize) {
         let d = self.weight.dims();
-        (d.get(1).copied().unwrap_or(0), d.first().copied().unwrap_or(0))
+        (
+            d.get(1).copied().unwrap_or(0),
+            d.first().copied().unwrap_or(0),
+        )
     }
 
     /// The adapter, if one is attached.
@@ -502,7 +505,10 @@ impl AdapterConfigFile {
             return Err("fan_in_fan_out is true; only nn.Linear layers are supported".into());
         }
         if self.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
-            return Err("modules_to_save is not empty; fully-trained extra modules are not supported".into());
+            return Err(
+                "modules_to_save is not empty; fully-trained extra modules are not supported"
+                    .into(),
+            );
         }
         if !self.alpha_pattern.is_empty() {
             return Err("alpha_pattern is not empty; per-module alphas are not supported".into());
@@ -560,10 +566,12 @@ pub fn read_adapter(dir: &Path, device: &Device) -> Result<AdapterWeights> {
             path: config_path.clone(),
             source,
         })?;
-    config.check_supported().map_err(|message| ModelError::Adapter {
-        path: config_path.clone(),
-        message,
-    })?;
+    config
+        .check_supported()
+        .map_err(|message| ModelError::Adapter {
+            path: config_path.clone(),
+            message,
+        })?;
 
     let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
     let adapter_err = |message: String| ModelError::Adapter {
@@ -576,13 +584,12 @@ pub fn read_adapter(dir: &Path, device: &Device) -> Result<AdapterWeights> {
             what: "adapter weights",
         });
     }
-    let tensors =
-        candle_core::safetensors::load(&weights_path, device).map_err(|source| {
-            ModelError::Weights {
-                path: weights_path.clone(),
-                source,
-            }
-        })?;
+    let tensors = candle_core::safetensors::load(&weights_path, device).map_err(|source| {
+        ModelError::Weights {
+            path: weights_path.clone(),
+            source,
+        }
+    })?;
 
     let mut layout: Option<PeftLayout> = None;
     let mut a_parts: HashMap<String, Tensor> = HashMap::new();
@@ -625,13 +632,15 @@ pub fn read_adapter(dir: &Path, device: &Device) -> Result<AdapterWeights> {
     }
     let mut modules = BTreeMap::new();
     for (path, a) in a_parts {
-        let b = b_parts.remove(&path).ok_or_else(|| {
-            adapter_err(format!("module {path:?} has lora_A but no lora_B"))
-        })?;
+        let b = b_parts
+            .remove(&path)
+            .ok_or_else(|| adapter_err(format!("module {path:?} has lora_A but no lora_B")))?;
         modules.insert(path, (a, b));
     }
     if let Some(path) = b_parts.keys().next() {
-        return Err(adapter_err(format!("module {path:?} has lora_B but no lora_A")));
+        return Err(adapter_err(format!(
+            "module {path:?} has lora_B but no lora_A"
+        )));
     }
     if modules.is_empty() {
         return Err(adapter_err("the file holds no LoRA weights".into()));
@@ -725,7 +734,13 @@ mod tests {
         let base = layer.forward(&x, true).unwrap();
         let adapter = LoraAdapter::init(4, 3, 2, 2.0, &mut rng, &dev).unwrap();
         let bound = 0.5f32;
-        let a = adapter.a.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let a = adapter
+            .a
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(a.iter().all(|v| v.abs() <= bound) && a.iter().any(|v| *v != 0.0));
         layer.set_adapter(adapter.clone());
         let fresh = layer.forward(&x, true).unwrap();
@@ -738,7 +753,12 @@ mod tests {
             .unwrap();
         let with = layer.forward(&x, true).unwrap();
         let without = layer.forward(&x, false).unwrap();
-        let off = (&without - &base).unwrap().abs().unwrap().max_all().unwrap();
+        let off = (&without - &base)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
         assert_eq!(off.to_scalar::<f32>().unwrap(), 0.0);
         let on = (&with - &base).unwrap().abs().unwrap().max_all().unwrap();
         assert!(on.to_scalar::<f32>().unwrap() > 1e-3);
@@ -771,10 +791,8 @@ mod tests {
 
     #[test]
     fn unsupported_configs_are_refused() {
-        let mut cfg = AdapterConfigFile::for_llava(
-            &LoraConfig::new(4, 8.0, [TargetModule::Q]),
-            None,
-        );
+        let mut cfg =
+            AdapterConfigFile::for_llava(&LoraConfig::new(4, 8.0, [TargetModule::Q]), None);
         assert!(cfg.check_supported().is_ok());
         cfg.use_dora = true;
         assert!(cfg.check_supported().unwrap_err().contains("DoRA"));

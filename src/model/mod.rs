@@ -38,8 +38,8 @@ pub mod tokenizer;
 
 pub use config::{ClipVisionConfig, LlamaConfig, LlavaConfig};
 pub use llama::{
-    next_token_logprobs, token_logprobs, FinishReason, GenerationConfig, Generated, KvCache,
-    Llama, Sampling,
+    next_token_logprobs, token_logprobs, FinishReason, Generated, GenerationConfig, KvCache, Llama,
+    Sampling,
 };
 pub use llava::{Llava, LlavaBundle};
 pub use lora::{LoraConfig, PeftLayout, TargetModule};

@@ -24,6 +24,8 @@ use super::{ModelError, Result};
 /// OpenAI CLIP's per-channel mean.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// OpenAI CLIP's per-channel standard deviation.
+// Digits as OpenAI and transformers publish them.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 #[derive(Debug, Clone, Default, Deserialize)]

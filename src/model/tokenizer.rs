@@ -125,7 +125,10 @@ impl LlavaTokenizer {
     /// feature. `add_special_tokens` adds what the tokenizer's
     /// post-processor adds (the BOS token for Llama).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let expanded = text.replace(IMAGE_TOKEN, &IMAGE_TOKEN.repeat(self.image_tokens_per_image));
+        let expanded = text.replace(
+            IMAGE_TOKEN,
+            &IMAGE_TOKEN.repeat(self.image_tokens_per_image),
+        );
         let enc = self
             .tokenizer
             .encode(expanded, add_special_tokens)

@@ -701,10 +701,14 @@ pub fn token_logps(logits: &Tensor, labels: &Tensor, loss_mask: &Tensor) -> Resu
     }
     let keep = shifted(loss_mask)?.to_dtype(DType::F32)?.ne(0f32)?;
     let targets = masked_ids(&shifted(labels)?, &keep, v, "labels")?;
-    let logits = logits.narrow(1, 0, t - 1)?.contiguous()?;
+    // The last position predicts nothing: pad its target with id 0 so that
+    // gather and log-sum-exp run on the logits as they are (no [B, T−1, V]
+    // copy), then drop that position.
+    let targets = Tensor::cat(&[&targets, &targets.narrow(1, 0, 1)?.zeros_like()?], 1)?;
+    let logits = logits.contiguous()?;
     let picked = logits.gather(&targets.unsqueeze(2)?, 2)?.squeeze(2)?;
     let lse = logits.log_sum_exp(2)?;
-    let per_token = picked.sub(&lse)?;
+    let per_token = picked.sub(&lse)?.narrow(1, 0, t - 1)?;
     Ok(keep.where_cond(&per_token, &per_token.zeros_like()?)?)
 }
 

@@ -13,7 +13,10 @@ fn demo_dir() -> PathBuf {
 }
 
 fn spr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spr")).args(args).output().expect("spr runs")
+    Command::new(env!("CARGO_BIN_EXE_spr"))
+        .args(args)
+        .output()
+        .expect("spr runs")
 }
 
 fn ok(args: &[&str]) -> String {
@@ -87,8 +90,17 @@ fn pipeline_on_the_demo_project() {
         assert!((0.0..=1.0).contains(&loc));
     }
     // The precise candidate of every query scores higher than its vague one (no boxes → 0).
-    let by_id = |id: &str| scores.iter().find(|s| s["candidate_id"] == id).unwrap().clone();
-    for c in candidates.iter().filter(|c| c["source"] == "synthetic-demo:precise") {
+    let by_id = |id: &str| {
+        scores
+            .iter()
+            .find(|s| s["candidate_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    for c in candidates
+        .iter()
+        .filter(|c| c["source"] == "synthetic-demo:precise")
+    {
         let id = c["id"].as_str().unwrap();
         let precise = by_id(id)["localization"].as_f64().unwrap();
         assert!(precise > 0.95, "{id}: {precise}");
@@ -123,7 +135,12 @@ fn pipeline_on_the_demo_project() {
         assert_eq!(t["rejected"][0]["content"][0]["text"], pr["rejected"]);
         let img = proj.join("export").join(t["images"][0].as_str().unwrap());
         let crop = image::open(&img).unwrap();
-        let c: Vec<f64> = pr["crop"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let c: Vec<f64> = pr["crop"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         assert_eq!(crop.width() as f64, c[2].ceil().min(384.0) - c[0].floor());
         assert_eq!(crop.height() as f64, c[3].ceil().min(288.0) - c[1].floor());
     }
@@ -157,11 +174,18 @@ fn demo_generator_reproduces_the_committed_demo() {
             "{f} differs from assets/demo: regenerate it with `spr demo --out assets/demo`"
         );
     }
-    let names: Vec<_> = fs::read_dir(demo_dir().join("images")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = fs::read_dir(demo_dir().join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 40);
     for name in names {
-        let a = image::open(out.join("images").join(&name)).unwrap().to_rgb8();
-        let b = image::open(demo_dir().join("images").join(&name)).unwrap().to_rgb8();
+        let a = image::open(out.join("images").join(&name))
+            .unwrap()
+            .to_rgb8();
+        let b = image::open(demo_dir().join("images").join(&name))
+            .unwrap()
+            .to_rgb8();
         assert!(a == b, "{name:?} differs");
     }
 }
@@ -184,15 +208,30 @@ fn eval_rec_reports_accuracy_by_threshold() {
     )
     .unwrap();
     let out_file = tmp.path().join("samples.jsonl");
-    let out = spr(&["eval-rec", "--predictions", preds.to_str().unwrap(), "--out", out_file.to_str().unwrap()]);
+    let out = spr(&[
+        "eval-rec",
+        "--predictions",
+        preds.to_str().unwrap(),
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
     // a: 1.0, b: 0.65, c: 1.0, d: none → 0
-    assert!(stdout.contains("REC on 4 samples (1 without a box, 2 lines skipped)"), "{stdout}");
-    assert!(stdout.contains("Acc@0.5   75.00%") && stdout.contains("Acc@0.7   50.00%"), "{stdout}");
+    assert!(
+        stdout.contains("REC on 4 samples (1 without a box, 2 lines skipped)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Acc@0.5   75.00%") && stdout.contains("Acc@0.7   50.00%"),
+        "{stdout}"
+    );
     assert!(stdout.contains("mean IoU  0.6625"), "{stdout}");
-    assert!(stderr.contains("preds.jsonl:5: field \"pred_bbox\" or \"output\""), "{stderr}");
+    assert!(
+        stderr.contains("preds.jsonl:5: field \"pred_bbox\" or \"output\""),
+        "{stderr}"
+    );
     assert!(stderr.contains("preds.jsonl:6:"), "{stderr}");
     assert_eq!(jsonl(&out_file).len(), 4);
 }
@@ -217,20 +256,37 @@ fn bad_input_gives_one_clear_line_and_keeps_the_good_records() {
     let out = spr(&["score", "--project", p]);
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("candidates.jsonl:{}:", total + 1)), "{stderr}");
-    assert!(stderr.contains("candidate orphan: query 999-0 is not in regions.jsonl"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("candidates.jsonl:{}:", total + 1)),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("candidate orphan: query 999-0 is not in regions.jsonl"),
+        "{stderr}"
+    );
     assert_eq!(jsonl(&proj.join("scores.jsonl")).len(), total);
 
     // Malformed annotation JSON: one line naming file, line and column; exit 1.
-    fs::write(proj.join("annotations.json"), "{\n  \"images\": [\n    {\"id\": 1,, }\n").unwrap();
+    fs::write(
+        proj.join("annotations.json"),
+        "{\n  \"images\": [\n    {\"id\": 1,, }\n",
+    )
+    .unwrap();
     let out = spr(&["regions", "--project", p]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("error: ") && stderr.contains("annotations.json:3:"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("annotations.json:3:"),
+        "{stderr}"
+    );
 
     // A missing project: a clear error, not a panic.
-    let out = spr(&["score", "--project", tmp.path().join("nope").to_str().unwrap()]);
+    let out = spr(&[
+        "score",
+        "--project",
+        tmp.path().join("nope").to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("spr.toml"));
 }

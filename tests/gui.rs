@@ -40,11 +40,17 @@ fn jsonl(path: &Path) -> Vec<Value> {
 }
 
 fn harness(project: PathBuf, wgpu: bool) -> Harness<'static, WorkbenchApp> {
-    let builder = Harness::builder().with_size(egui::vec2(1400.0, 860.0)).with_accessibility_check(false);
+    let builder = Harness::builder()
+        .with_size(egui::vec2(1400.0, 860.0))
+        .with_accessibility_check(false);
     let builder = if wgpu { builder.wgpu() } else { builder };
     let mut h = builder.build_eframe(move |cc| WorkbenchApp::new(cc, project));
     settle(&mut h);
-    assert!(h.state().ws.is_some(), "project did not open: {}", h.state().status);
+    assert!(
+        h.state().ws.is_some(),
+        "project did not open: {}",
+        h.state().status
+    );
     h
 }
 
@@ -58,7 +64,11 @@ fn settle(h: &mut Harness<'static, WorkbenchApp>) {
             h.step();
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "still busy: {}", h.state().status);
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "still busy: {}",
+            h.state().status
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -68,10 +78,18 @@ fn y_of(h: &Harness<'static, WorkbenchApp>, label_part: &str) -> f32 {
 }
 
 /// The node labelled `label` in the same row as the node whose label holds `row`.
-fn in_row<'h>(h: &'h Harness<'static, WorkbenchApp>, label: &'h str, row: &str) -> egui_kittest::Node<'h> {
+fn in_row<'h>(
+    h: &'h Harness<'static, WorkbenchApp>,
+    label: &'h str,
+    row: &str,
+) -> egui_kittest::Node<'h> {
     let y = y_of(h, row);
     h.get_all_by_label(label)
-        .min_by(|a, b| (a.rect().center().y - y).abs().total_cmp(&(b.rect().center().y - y).abs()))
+        .min_by(|a, b| {
+            (a.rect().center().y - y)
+                .abs()
+                .total_cmp(&(b.rect().center().y - y).abs())
+        })
         .unwrap()
 }
 
@@ -88,7 +106,13 @@ fn lambda_reranks_marks_export_and_region_drawing_with_undo() {
         .into_iter()
         .map(|mut s| {
             if s["query_id"] == "3-0" {
-                let kind = s["candidate_id"].as_str().unwrap().rsplit('-').next().unwrap().to_string();
+                let kind = s["candidate_id"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('-')
+                    .next()
+                    .unwrap()
+                    .to_string();
                 s["semantic"] = match kind.as_str() {
                     "c0" => 0.30.into(),
                     "c5" => 0.95.into(),
@@ -107,11 +131,13 @@ fn lambda_reranks_marks_export_and_region_drawing_with_undo() {
     assert_eq!(h.state().region.as_deref(), Some("3-0"));
 
     // λ = 1: semantic alone → the vague candidate ranks above the precise one.
-    h.get_by_role_and_label(Role::Slider, "λ (semantic weight)").set_value_accesskit(1.0);
+    h.get_by_role_and_label(Role::Slider, "λ (semantic weight)")
+        .set_value_accesskit(1.0);
     settle(&mut h);
     assert!(y_of(&h, "vague (3-0-c5)") < y_of(&h, "precise (3-0-c0)"));
     // λ = 0: localization alone → precise first, vague last.
-    h.get_by_role_and_label(Role::Slider, "λ (semantic weight)").set_value_accesskit(0.0);
+    h.get_by_role_and_label(Role::Slider, "λ (semantic weight)")
+        .set_value_accesskit(0.0);
     settle(&mut h);
     assert!(y_of(&h, "precise (3-0-c0)") < y_of(&h, "vague (3-0-c5)"));
     assert!(y_of(&h, "jittered (3-0-c1)") < y_of(&h, "vague (3-0-c5)"));
@@ -128,15 +154,21 @@ fn lambda_reranks_marks_export_and_region_drawing_with_undo() {
 
     h.get_by_label("Export pairs").click();
     settle(&mut h);
-    assert!(h.state().status.starts_with("exported"), "{}", h.state().status);
+    assert!(
+        h.state().status.starts_with("exported"),
+        "{}",
+        h.state().status
+    );
     let pairs = jsonl(&dir.join("pairs.jsonl"));
     let p = pairs.iter().find(|p| p["query_id"] == "3-0").unwrap();
     assert_eq!(p["chosen_id"], "3-0-c2");
     assert_eq!(p["rejected_id"], "3-0-c3");
     assert_eq!(p["manual"], true);
     let trl = jsonl(&dir.join("export/trl_pairs.jsonl"));
-    assert!(trl.iter().any(|t| t["chosen"][0]["content"][0]["text"] == p["chosen"]
-        && t["rejected"][0]["content"][0]["text"] == p["rejected"]));
+    assert!(trl
+        .iter()
+        .any(|t| t["chosen"][0]["content"][0]["text"] == p["chosen"]
+            && t["rejected"][0]["content"][0]["text"] == p["rejected"]));
 
     // Draw a region with a simulated drag on the canvas, then undo it.
     let before = jsonl(&dir.join("regions.jsonl")).len();
@@ -169,7 +201,11 @@ fn bad_input_opens_and_is_shown_where_it_belongs() {
     let dir = tmp.path().join("bad");
     copy_demo(&dir);
     fs::remove_file(dir.join("images/scene_002.png")).unwrap();
-    fs::write(dir.join("images/scene_004.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    fs::write(
+        dir.join("images/scene_004.png"),
+        b"\x89PNG\r\n\x1a\nnot really",
+    )
+    .unwrap();
     let mut cands = fs::read_to_string(dir.join("candidates.jsonl")).unwrap();
     cands.push_str("{\"v\":1,\"id\":\"oops\"\n");
     fs::write(dir.join("candidates.jsonl"), cands).unwrap();
@@ -192,6 +228,65 @@ fn bad_input_opens_and_is_shown_where_it_belongs() {
     assert!(h.query_by_label_contains("cannot").is_none());
 }
 
+#[test]
+fn dragging_a_box_handle_fixes_the_box_and_rescores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    copy_demo(&dir);
+    let mut h = harness(dir.clone(), false);
+    h.get_by_label_contains("scene_005.png").click();
+    settle(&mut h);
+    h.get_by_label_contains("jittered (5-0-c1)").click();
+    settle(&mut h);
+    let (ci, first, target) = {
+        let app = h.state();
+        let ws = app.ws.as_ref().unwrap();
+        let ci = ws.candidate_index("5-0-c1").unwrap();
+        let first = ws.scores["5-0-c1"].boxes[0];
+        // The annotation the jittered box stands for: the region object it overlaps most.
+        let region = &ws.regions[ws.region_index("5-0").unwrap()];
+        let gt = ws.region_gt(region).unwrap();
+        let target = *gt
+            .iter()
+            .max_by(|a, b| a.iou(first).total_cmp(&b.iou(first)))
+            .unwrap();
+        (ci, first, target)
+    };
+    let before_loc = h.state().ws.as_ref().unwrap().scores["5-0-c1"].localization;
+    // Drag the top-left handle onto the annotation's top-left corner, then the
+    // bottom-right handle onto its bottom-right corner.
+    for (from, to) in [
+        ((first.x1, first.y1), (target.x1, target.y1)),
+        ((first.x2, first.y2), (target.x2, target.y2)),
+    ] {
+        let view = &h.state().view;
+        let a = view.screen_from_image_last(Pos2::new(from.0, from.1));
+        let b = view.screen_from_image_last(Pos2::new(to.0, to.1));
+        // As a hand does: hover, press, move, release.
+        h.hover_at(a);
+        h.step();
+        h.drag_at(a);
+        h.step();
+        // A detour past egui's drag threshold, then onto the target.
+        h.hover_at(a + egui::vec2(25.0, 25.0));
+        h.step();
+        h.drop_at(b);
+        settle(&mut h);
+    }
+    let app = h.state();
+    let ws = app.ws.as_ref().unwrap();
+    let moved = ws.scores["5-0-c1"].boxes[0];
+    assert!(
+        moved.iou(target) > 0.95,
+        "moved to {moved:?}, annotation {target:?}"
+    );
+    assert!(ws.scores["5-0-c1"].localization > before_loc);
+    // Saved: the text on disk holds the new box.
+    let on_disk = jsonl(&dir.join("candidates.jsonl"));
+    let c = on_disk.iter().find(|c| c["id"] == "5-0-c1").unwrap();
+    assert_eq!(c["text"].as_str().unwrap(), ws.candidates[ci].text);
+}
+
 /// The canvas with the overlays drawn by our wgpu pipeline (lavapipe in CI).
 #[test]
 fn canvas_snapshot_with_wgpu_overlays() {
@@ -206,10 +301,18 @@ fn canvas_snapshot_with_wgpu_overlays() {
     let image = h.render().expect("wgpu renders");
     // The region outline is drawn in the region colour by our pipeline: find
     // its yellow pixels on the canvas.
-    let yellow = image.pixels().filter(|p| p[0] > 200 && p[1] > 180 && p[2] < 80).count();
+    let yellow = image
+        .pixels()
+        .filter(|p| p[0] > 200 && p[1] > 180 && p[2] < 80)
+        .count();
     assert!(yellow > 200, "only {yellow} region-coloured pixels");
-    let green = image.pixels().filter(|p| p[1] > 180 && p[0] < 90 && p[2] < 130).count();
+    let green = image
+        .pixels()
+        .filter(|p| p[1] > 180 && p[0] < 90 && p[2] < 130)
+        .count();
     assert!(green > 200, "only {green} matched-box pixels");
-    image.save(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/gui-canvas.png")).ok();
+    image
+        .save(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/gui-canvas.png"))
+        .ok();
     h.snapshot("canvas_demo");
 }

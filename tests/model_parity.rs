@@ -669,3 +669,71 @@ fn bad_adapters_are_refused_without_changing_the_model() {
     assert!(model.trainable_vars().is_empty());
     assert_eq!(max_diff(&logits_of(&model, &r), &base), 0.0);
 }
+
+/// Writes a random model, a LoRA adapter saved by us and reference logits
+/// to `$SPR_INTEROP_DIR`, for `scripts/parity/check_interop.py` to load with
+/// transformers + PEFT (run by hand: needs Python):
+///
+/// ```sh
+/// SPR_INTEROP_DIR=/tmp/interop cargo test --test model_parity -- --ignored write_interop
+/// python scripts/parity/check_interop.py /tmp/interop
+/// ```
+#[test]
+#[ignore]
+fn write_interop() {
+    use spr_workbench::model::llava::{random_weights, save_model};
+    use spr_workbench::model::LlavaConfig;
+    let Ok(out) = std::env::var("SPR_INTEROP_DIR") else {
+        eprintln!("set SPR_INTEROP_DIR");
+        return;
+    };
+    let out = Path::new(&out);
+    let cfg: LlavaConfig = serde_json::from_value(serde_json::json!({
+        "text_config": {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 64,
+            "rms_norm_eps": 1e-5},
+        "vision_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "image_size": 28, "patch_size": 14},
+        "image_token_index": 63
+    }))
+    .unwrap();
+    let dev = Device::Cpu;
+    let mut w = random_weights(&cfg, 1, &dev).unwrap();
+    // Larger weights than the 0.02 init, so logits are O(1).
+    for v in w.values_mut() {
+        if v.rank() >= 2 {
+            *v = (v.clone() * 25.0).unwrap();
+        }
+    }
+    save_model(out, &cfg, &w).unwrap();
+    let mut m = Llava::load(out, &dev, DType::F32).unwrap();
+    m.add_lora(
+        &LoraConfig::new(
+            4,
+            8.0,
+            [TargetModule::Q, TargetModule::Gate, TargetModule::Down],
+        ),
+        3,
+    )
+    .unwrap();
+    for (name, var) in m.named_trainable_vars() {
+        if name.contains("lora_B") {
+            var.set(&Tensor::randn(0f32, 0.3, var.shape(), &dev).unwrap())
+                .unwrap();
+        }
+    }
+    m.save_adapter(&out.join("adapter"), PeftLayout::Current)
+        .unwrap();
+    let px = Tensor::randn(0f32, 1f32, (1, 3, 28, 28), &dev).unwrap();
+    let ids = Tensor::new(&[[1u32, 63, 63, 63, 63, 5, 9, 17, 33]], &dev).unwrap();
+    let f = m.image_features(&px).unwrap();
+    let lora = m.forward(&ids, Some(&f), None).unwrap();
+    m.set_adapters_enabled(false);
+    let base = m.forward(&ids, Some(&f), None).unwrap();
+    let mut t = HashMap::new();
+    t.insert("pixel_values".to_string(), px);
+    t.insert("input_ids".to_string(), ids.to_dtype(DType::I64).unwrap());
+    t.insert("base_logits".to_string(), base);
+    t.insert("lora_logits".to_string(), lora);
+    candle_core::safetensors::save(&t, out.join("interop.safetensors")).unwrap();
+}

@@ -73,6 +73,8 @@ pub struct CanvasView {
     pub pan: Vec2,
     /// Draw mode: a primary drag draws a region instead of panning.
     pub draw_mode: bool,
+    /// The canvas rectangle of the last frame (screen points).
+    pub rect: Option<Rect>,
     drawing: Option<Pos2>,
     handle: Option<(usize, usize, Bbox)>,
 }
@@ -81,6 +83,11 @@ impl CanvasView {
     /// Fit the image on the next frame.
     pub fn fit(&mut self) {
         self.zoom = 0.0;
+    }
+
+    /// Where image pixel `p` was on screen in the last frame.
+    pub fn screen_from_image_last(&self, p: Pos2) -> Pos2 {
+        self.screen_from_image(self.rect.unwrap_or(Rect::ZERO), p)
     }
 
     fn screen_from_image(&self, rect: Rect, p: Pos2) -> Pos2 {
@@ -109,7 +116,11 @@ pub enum Renderer {
 }
 
 /// Paint boxes with egui's painter (one tessellated rectangle each).
-pub fn paint_with_painter(painter: &egui::Painter, to_screen: impl Fn(Bbox) -> Rect, boxes: &[BoxInstance]) {
+pub fn paint_with_painter(
+    painter: &egui::Painter,
+    to_screen: impl Fn(Bbox) -> Rect,
+    boxes: &[BoxInstance],
+) {
     for b in boxes {
         let [r, g, bl, a] = b.color;
         let c = Color32::from_rgba_unmultiplied(
@@ -122,7 +133,12 @@ pub fn paint_with_painter(painter: &egui::Painter, to_screen: impl Fn(Bbox) -> R
         if b.fill_alpha > 0.0 {
             painter.rect_filled(rect, 0.0, c.gamma_multiply(b.fill_alpha));
         }
-        painter.rect_stroke(rect, 0.0, Stroke::new(b.stroke_px, c), egui::StrokeKind::Middle);
+        painter.rect_stroke(
+            rect,
+            0.0,
+            Stroke::new(b.stroke_px, c),
+            egui::StrokeKind::Middle,
+        );
     }
 }
 
@@ -139,13 +155,16 @@ pub fn show(
     renderer: Renderer,
 ) -> Option<CanvasAction> {
     let (rect, response) = ui.allocate_exact_size(ui.available_size(), Sense::click_and_drag());
+    view.rect = Some(rect);
     let painter = ui.painter_at(rect);
     painter.rect_filled(rect, 0.0, Color32::from_gray(24));
     if size[0] <= 0.0 || size[1] <= 0.0 {
         return None;
     }
     if view.zoom <= 0.0 {
-        view.zoom = (rect.width() / size[0]).min(rect.height() / size[1]).max(1e-3);
+        view.zoom = (rect.width() / size[0])
+            .min(rect.height() / size[1])
+            .max(1e-3);
         view.pan = (rect.size() - Vec2::new(size[0], size[1]) * view.zoom) * 0.5;
     }
 
@@ -163,7 +182,12 @@ pub fn show(
     let image_rect = view.screen_rect(rect, Bbox::new(0.0, 0.0, size[0], size[1]));
     match (texture, error) {
         (_, Some(e)) => {
-            painter.rect_stroke(image_rect, 0.0, Stroke::new(1.0, colors::UNMATCHED), egui::StrokeKind::Inside);
+            painter.rect_stroke(
+                image_rect,
+                0.0,
+                Stroke::new(1.0, colors::UNMATCHED),
+                egui::StrokeKind::Inside,
+            );
             painter.text(
                 image_rect.center(),
                 egui::Align2::CENTER_CENTER,
@@ -192,12 +216,21 @@ pub fn show(
     let pointer = response.interact_pointer_pos();
     let handle_radius = 7.0;
     if response.drag_started_by(egui::PointerButton::Primary) {
-        if let Some(p) = pointer {
+        // Where the button went down, not where the drag was recognised.
+        if let Some(p) = ui.input(|i| i.pointer.press_origin()).or(pointer) {
             let hit = boxes.iter().find_map(|b| {
                 let i = b.candidate_box?;
                 let r = view.screen_rect(rect, b.bbox);
-                let corners = [r.left_top(), r.right_top(), r.left_bottom(), r.right_bottom()];
-                corners.iter().position(|c| c.distance(p) <= handle_radius).map(|k| (i, k, b.bbox))
+                let corners = [
+                    r.left_top(),
+                    r.right_top(),
+                    r.left_bottom(),
+                    r.right_bottom(),
+                ];
+                corners
+                    .iter()
+                    .position(|c| c.distance(p) <= handle_radius)
+                    .map(|k| (i, k, b.bbox))
             });
             if let Some(h) = hit {
                 view.handle = Some(h);
@@ -218,20 +251,33 @@ pub fn show(
                 2 => (b.x1, b.y2) = (qx, qy),
                 _ => (b.x2, b.y2) = (qx, qy),
             }
-            let b = Bbox::new(b.x1.min(b.x2), b.y1.min(b.y2), b.x1.max(b.x2), b.y1.max(b.y2));
+            let b = Bbox::new(
+                b.x1.min(b.x2),
+                b.y1.min(b.y2),
+                b.x1.max(b.x2),
+                b.y1.max(b.y2),
+            );
             preview.push(drawing_box(b));
             if response.drag_stopped() {
                 view.handle = None;
                 if b.is_valid() && b != original {
-                    action = Some(CanvasAction::MovedBox { index, to: b.round() });
+                    action = Some(CanvasAction::MovedBox {
+                        index,
+                        to: b.round(),
+                    });
                 }
             }
         }
     } else if let Some(start) = view.drawing {
         if let Some(p) = pointer.or(response.hover_pos()) {
             let q = view.image_from_screen(rect, p);
-            let b = Bbox::new(start.x.min(q.x), start.y.min(q.y), start.x.max(q.x), start.y.max(q.y))
-                .clamp_to(size[0], size[1]);
+            let b = Bbox::new(
+                start.x.min(q.x),
+                start.y.min(q.y),
+                start.x.max(q.x),
+                start.y.max(q.y),
+            )
+            .clamp_to(size[0], size[1]);
             preview.push(drawing_box(b));
             if response.drag_stopped() {
                 view.drawing = None;
@@ -261,16 +307,24 @@ pub fn show(
             };
             painter.add(overlay::paint_callback(rect, globals, Arc::new(instances)));
         }
-        Renderer::Painter => paint_with_painter(&painter, |b| view.screen_rect(rect, b), &instances),
+        Renderer::Painter => {
+            paint_with_painter(&painter, |b| view.screen_rect(rect, b), &instances)
+        }
     }
     for b in &all {
         let r = view.screen_rect(rect, b.bbox);
         if let Some(label) = &b.label {
             // Candidate boxes are numbered at their top-right, the rest named at the top-left.
             let (pos, align) = if b.candidate_box.is_some() {
-                (r.right_top() + Vec2::new(-2.0, 2.0), egui::Align2::RIGHT_TOP)
+                (
+                    r.right_top() + Vec2::new(-2.0, 2.0),
+                    egui::Align2::RIGHT_TOP,
+                )
             } else {
-                (r.left_top() + Vec2::new(2.0, -2.0), egui::Align2::LEFT_BOTTOM)
+                (
+                    r.left_top() + Vec2::new(2.0, -2.0),
+                    egui::Align2::LEFT_BOTTOM,
+                )
             };
             painter.text(
                 pos,
@@ -286,7 +340,12 @@ pub fn show(
             );
         }
         if b.candidate_box.is_some() {
-            for c in [r.left_top(), r.right_top(), r.left_bottom(), r.right_bottom()] {
+            for c in [
+                r.left_top(),
+                r.right_top(),
+                r.left_bottom(),
+                r.right_bottom(),
+            ] {
                 painter.circle_filled(c, 3.5, Color32::WHITE);
             }
         }
@@ -298,7 +357,9 @@ pub fn show(
         let under = boxes
             .iter()
             .filter(|b| b.tooltip.is_some())
-            .filter(|b| p.x >= b.bbox.x1 && p.x <= b.bbox.x2 && p.y >= b.bbox.y1 && p.y <= b.bbox.y2)
+            .filter(|b| {
+                p.x >= b.bbox.x1 && p.x <= b.bbox.x2 && p.y >= b.bbox.y1 && p.y <= b.bbox.y2
+            })
             .min_by(|a, b| a.bbox.area().total_cmp(&b.bbox.area()));
         if let Some(text) = under.and_then(|b| b.tooltip.clone()) {
             response.clone().on_hover_text_at_pointer(text);

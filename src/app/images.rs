@@ -6,7 +6,7 @@
 //! come back as messages shown where the image would be.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
 
 /// Side of a thumbnail in pixels.
@@ -30,14 +30,24 @@ pub struct ImageCache {
 impl Default for ImageCache {
     fn default() -> Self {
         let (tx, rx) = channel();
-        Self { tx, rx, full: HashMap::new(), thumbs: HashMap::new(), pending: HashSet::new() }
+        Self {
+            tx,
+            rx,
+            full: HashMap::new(),
+            thumbs: HashMap::new(),
+            pending: HashSet::new(),
+        }
     }
 }
 
-fn decode(path: &PathBuf, thumb: bool) -> Result<egui::ColorImage, String> {
+fn decode(path: &Path, thumb: bool) -> Result<egui::ColorImage, String> {
     let rgb = crate::core::imageio::load_rgb(path).map_err(|e| e.to_string())?;
     let rgb = if thumb {
-        image::imageops::thumbnail(&rgb, THUMB_SIDE, THUMB_SIDE * rgb.height() / rgb.width().max(1))
+        image::imageops::thumbnail(
+            &rgb,
+            THUMB_SIDE,
+            THUMB_SIDE * rgb.height() / rgb.width().max(1),
+        )
     } else {
         rgb
     };
@@ -61,7 +71,11 @@ impl ImageCache {
         // so a large decode never waits behind a page of thumbnails.
         let work = move || {
             let r = decode(&path, thumb);
-            let _ = tx.send(if thumb { Loaded::Thumb(image, r) } else { Loaded::Full(image, r) });
+            let _ = tx.send(if thumb {
+                Loaded::Thumb(image, r)
+            } else {
+                Loaded::Full(image, r)
+            });
             ctx.request_repaint();
         };
         if thumb {

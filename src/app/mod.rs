@@ -95,8 +95,10 @@ impl WorkbenchApp {
             }
             None => Renderer::Painter,
         };
-        let recent: Vec<PathBuf> =
-            cc.storage.and_then(|s| eframe::get_value(s, RECENT_KEY)).unwrap_or_default();
+        let recent: Vec<PathBuf> = cc
+            .storage
+            .and_then(|s| eframe::get_value(s, RECENT_KEY))
+            .unwrap_or_default();
         let mut app = Self {
             ws: None,
             loading: None,
@@ -125,9 +127,12 @@ impl WorkbenchApp {
     pub fn open(&mut self, dir: PathBuf) {
         self.status = format!("opening {}…", dir.display());
         let d = dir.clone();
-        self.loading = Some((dir, Promise::spawn_thread("open-project", move || {
-            Workspace::open(&d).map_err(|e| e.to_string())
-        })));
+        self.loading = Some((
+            dir,
+            Promise::spawn_thread("open-project", move || {
+                Workspace::open(&d).map_err(|e| e.to_string())
+            }),
+        ));
     }
 
     /// Whether a background job is still running.
@@ -145,7 +150,11 @@ impl WorkbenchApp {
                         ws.dataset.images.len(),
                         ws.regions.len(),
                         ws.candidates.len(),
-                        if ws.problems.is_empty() { String::new() } else { format!(", {} problems", ws.problems.len()) }
+                        if ws.problems.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", {} problems", ws.problems.len())
+                        }
                     );
                     self.lambda = ws.project.config.scoring.lambda;
                     self.iou = ws.project.config.scoring.match_iou;
@@ -182,7 +191,13 @@ impl WorkbenchApp {
         let Some(ws) = &mut self.ws else { return };
         let r = if redo { ws.redo() } else { ws.undo() };
         match r {
-            Ok(true) => self.status = if redo { "redone".into() } else { "undone".into() },
+            Ok(true) => {
+                self.status = if redo {
+                    "redone".into()
+                } else {
+                    "undone".into()
+                }
+            }
             Ok(false) => {}
             Err(e) => self.status = format!("not saved: {e}"),
         }
@@ -213,7 +228,10 @@ impl WorkbenchApp {
     fn top_bar(&mut self, ui: &mut egui::Ui) {
         ui.horizontal(|ui| {
             if ui.button("Open project…").clicked() {
-                if let Some(dir) = rfd::FileDialog::new().set_title("Open an SPR project folder").pick_folder() {
+                if let Some(dir) = rfd::FileDialog::new()
+                    .set_title("Open an SPR project folder")
+                    .pick_folder()
+                {
                     self.open(dir);
                 }
             }
@@ -226,12 +244,21 @@ impl WorkbenchApp {
                 }
             });
             ui.separator();
-            let (can_undo, can_redo) =
-                self.ws.as_ref().map(|w| (w.can_undo(), w.can_redo())).unwrap_or_default();
-            if ui.add_enabled(can_undo, egui::Button::new("Undo")).clicked() {
+            let (can_undo, can_redo) = self
+                .ws
+                .as_ref()
+                .map(|w| (w.can_undo(), w.can_redo()))
+                .unwrap_or_default();
+            if ui
+                .add_enabled(can_undo, egui::Button::new("Undo"))
+                .clicked()
+            {
                 self.undo(false);
             }
-            if ui.add_enabled(can_redo, egui::Button::new("Redo")).clicked() {
+            if ui
+                .add_enabled(can_redo, egui::Button::new("Redo"))
+                .clicked()
+            {
                 self.undo(true);
             }
             ui.separator();
@@ -249,13 +276,19 @@ impl WorkbenchApp {
             ui.label("objects ≥");
             ui.add(egui::DragValue::new(&mut self.filter.min_objects).range(0..=500));
         });
-        let cat_name = |c: Option<usize>| c.map_or("any category".to_string(), |c| ws.dataset.categories[c].name.clone());
-        egui::ComboBox::from_id_salt("category").selected_text(cat_name(self.filter.category)).show_ui(ui, |ui| {
-            ui.selectable_value(&mut self.filter.category, None, "any category");
-            for (i, c) in ws.dataset.categories.iter().enumerate() {
-                ui.selectable_value(&mut self.filter.category, Some(i), &c.name);
-            }
-        });
+        let cat_name = |c: Option<usize>| {
+            c.map_or("any category".to_string(), |c| {
+                ws.dataset.categories[c].name.clone()
+            })
+        };
+        egui::ComboBox::from_id_salt("category")
+            .selected_text(cat_name(self.filter.category))
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut self.filter.category, None, "any category");
+                for (i, c) in ws.dataset.categories.iter().enumerate() {
+                    ui.selectable_value(&mut self.filter.category, Some(i), &c.name);
+                }
+            });
         ui.checkbox(&mut self.filter.sort_worst, "worst localization first");
         ui.separator();
         let list = browser_list(ws, &self.filter, self.lambda, self.iou);
@@ -271,7 +304,12 @@ impl WorkbenchApp {
                             ui.add(egui::Image::new(t).fit_to_exact_size(egui::vec2(48.0, 36.0)));
                         }
                         Some(Err(_)) => {
-                            ui.add_sized([48.0, 36.0], egui::Label::new(RichText::new("no image").small().color(colors::UNMATCHED)));
+                            ui.add_sized(
+                                [48.0, 36.0],
+                                egui::Label::new(
+                                    RichText::new("no image").small().color(colors::UNMATCHED),
+                                ),
+                            );
                         }
                         None => {
                             ui.add_sized([48.0, 36.0], egui::Spinner::new());
@@ -327,8 +365,16 @@ impl WorkbenchApp {
         let mut pick_region = None;
         for r in ws.regions_of(image_id) {
             let reg = &ws.regions[r];
-            let label = format!("{} · {} objects · {:?}", reg.id, reg.objects.len(), reg.source);
-            if ui.selectable_label(self.region.as_deref() == Some(&reg.id), label).clicked() {
+            let label = format!(
+                "{} · {} objects · {:?}",
+                reg.id,
+                reg.objects.len(),
+                reg.source
+            );
+            if ui
+                .selectable_label(self.region.as_deref() == Some(&reg.id), label)
+                .clicked()
+            {
                 pick_region = Some(reg.id.clone());
             }
         }
@@ -350,53 +396,73 @@ impl WorkbenchApp {
         let (chosen, rejected) = ws.chosen_rejected(&q, self.lambda, self.iou);
         let mark = ws.mark_of(&q).cloned();
         let mut edits: Vec<Edit> = Vec::new();
-        egui::Grid::new("candidates").striped(true).num_columns(6).show(ui, |ui| {
-            for h in ["#", "candidate", "sem", "loc", "comp", "mark"] {
-                ui.label(RichText::new(h).strong());
-            }
-            ui.end_row();
-            for (rank, r) in ranking.iter().enumerate() {
-                let c = &ws.candidates[r.candidate];
-                ui.label(format!("{}", rank + 1));
-                let name = c.source.rsplit(':').next().unwrap_or(&c.source);
-                if ui
-                    .selectable_label(self.candidate == Some(r.candidate), format!("{name} ({})", c.id))
-                    .clicked()
-                {
-                    self.candidate = Some(r.candidate);
+        egui::Grid::new("candidates")
+            .striped(true)
+            .num_columns(6)
+            .show(ui, |ui| {
+                for h in ["#", "candidate", "sem", "loc", "comp", "mark"] {
+                    ui.label(RichText::new(h).strong());
                 }
-                ui.label(r.components.semantic.map_or("—".to_string(), |s| format!("{s:.3}")));
-                ui.label(format!("{:.3}", r.components.localization));
-                ui.label(format!("{:.3}", r.composite));
-                ui.horizontal(|ui| {
-                    let is_c = chosen == Some(r.candidate);
-                    let is_r = rejected == Some(r.candidate);
-                    let by_hand_c = mark.as_ref().and_then(|m| m.chosen.as_ref()) == Some(&c.id);
-                    let by_hand_r = mark.as_ref().and_then(|m| m.rejected.as_ref()) == Some(&c.id);
-                    let tag = |on: bool, hand: bool, s: &str| {
-                        let t = if hand { format!("{s} (hand)") } else { s.to_string() };
-                        if on { RichText::new(t).strong() } else { RichText::new(t).weak() }
-                    };
-                    if ui
-                        .selectable_label(is_c, tag(is_c, by_hand_c, "chosen"))
-                        .on_hover_text("mark as chosen (click again to clear a hand mark)")
-                        .clicked()
-                    {
-                        let v = if by_hand_c { None } else { Some(c.id.clone()) };
-                        edits.push(ws.mark_edit(&q, MarkKind::Chosen, v));
-                    }
-                    if ui
-                        .selectable_label(is_r, tag(is_r, by_hand_r, "rejected"))
-                        .on_hover_text("mark as rejected (click again to clear a hand mark)")
-                        .clicked()
-                    {
-                        let v = if by_hand_r { None } else { Some(c.id.clone()) };
-                        edits.push(ws.mark_edit(&q, MarkKind::Rejected, v));
-                    }
-                });
                 ui.end_row();
-            }
-        });
+                for (rank, r) in ranking.iter().enumerate() {
+                    let c = &ws.candidates[r.candidate];
+                    ui.label(format!("{}", rank + 1));
+                    let name = c.source.rsplit(':').next().unwrap_or(&c.source);
+                    if ui
+                        .selectable_label(
+                            self.candidate == Some(r.candidate),
+                            format!("{name} ({})", c.id),
+                        )
+                        .clicked()
+                    {
+                        self.candidate = Some(r.candidate);
+                    }
+                    ui.label(
+                        r.components
+                            .semantic
+                            .map_or("—".to_string(), |s| format!("{s:.3}")),
+                    );
+                    ui.label(format!("{:.3}", r.components.localization));
+                    ui.label(format!("{:.3}", r.composite));
+                    ui.horizontal(|ui| {
+                        let is_c = chosen == Some(r.candidate);
+                        let is_r = rejected == Some(r.candidate);
+                        let by_hand_c =
+                            mark.as_ref().and_then(|m| m.chosen.as_ref()) == Some(&c.id);
+                        let by_hand_r =
+                            mark.as_ref().and_then(|m| m.rejected.as_ref()) == Some(&c.id);
+                        let tag = |on: bool, hand: bool, s: &str| {
+                            let t = if hand {
+                                format!("{s} (hand)")
+                            } else {
+                                s.to_string()
+                            };
+                            if on {
+                                RichText::new(t).strong()
+                            } else {
+                                RichText::new(t).weak()
+                            }
+                        };
+                        if ui
+                            .selectable_label(is_c, tag(is_c, by_hand_c, "chosen"))
+                            .on_hover_text("mark as chosen (click again to clear a hand mark)")
+                            .clicked()
+                        {
+                            let v = if by_hand_c { None } else { Some(c.id.clone()) };
+                            edits.push(ws.mark_edit(&q, MarkKind::Chosen, v));
+                        }
+                        if ui
+                            .selectable_label(is_r, tag(is_r, by_hand_r, "rejected"))
+                            .on_hover_text("mark as rejected (click again to clear a hand mark)")
+                            .clicked()
+                        {
+                            let v = if by_hand_r { None } else { Some(c.id.clone()) };
+                            edits.push(ws.mark_edit(&q, MarkKind::Rejected, v));
+                        }
+                    });
+                    ui.end_row();
+                }
+            });
         // Text editor of the selected candidate: re-parsed and re-scored live.
         if let Some(ci) = self.candidate.filter(|&c| c < ws.candidates.len()) {
             if self.editor_for != Some(ci) {
@@ -405,7 +471,11 @@ impl WorkbenchApp {
             }
             ui.separator();
             ui.label(RichText::new("Text").strong());
-            let resp = ui.add(egui::TextEdit::multiline(&mut self.editor).desired_rows(4).desired_width(f32::INFINITY));
+            let resp = ui.add(
+                egui::TextEdit::multiline(&mut self.editor)
+                    .desired_rows(4)
+                    .desired_width(f32::INFINITY),
+            );
             if resp.changed() && self.editor != ws.candidates[ci].text {
                 edits.push(Edit::SetText {
                     id: ws.candidates[ci].id.clone(),
@@ -415,7 +485,11 @@ impl WorkbenchApp {
             }
             if let Some(s) = ws.scores.get(&ws.candidates[ci].id) {
                 for issue in &s.parse_issues {
-                    ui.label(RichText::new(issue.to_string()).small().color(colors::MISSED));
+                    ui.label(
+                        RichText::new(issue.to_string())
+                            .small()
+                            .color(colors::MISSED),
+                    );
                 }
             }
             if chosen == Some(ci) {
@@ -427,7 +501,12 @@ impl WorkbenchApp {
         }
         ui.separator();
         ui.label("New candidate");
-        ui.add(egui::TextEdit::multiline(&mut self.new_candidate).desired_rows(2).desired_width(f32::INFINITY).hint_text("grounded text in the project's box syntax, on the crop"));
+        ui.add(
+            egui::TextEdit::multiline(&mut self.new_candidate)
+                .desired_rows(2)
+                .desired_width(f32::INFINITY)
+                .hint_text("grounded text in the project's box syntax, on the crop"),
+        );
         if ui.button("Add candidate").clicked() && !self.new_candidate.trim().is_empty() {
             let c = ws.manual_candidate(&q, &self.new_candidate);
             self.new_candidate.clear();
@@ -439,13 +518,18 @@ impl WorkbenchApp {
     }
 
     fn export_button(&mut self, ui: &mut egui::Ui) {
-        if ui.add_enabled(self.exporting.is_none(), egui::Button::new("Export pairs")).clicked() {
+        if ui
+            .add_enabled(self.exporting.is_none(), egui::Button::new("Export pairs"))
+            .clicked()
+        {
             let Some(ws) = &self.ws else { return };
             // Export reads the project as it is on disk (every edit is saved).
             let root = ws.root().to_path_buf();
             let lambda = self.lambda;
             self.status = "exporting…".into();
-            self.exporting = Some(Promise::spawn_thread("export", move || export(&root, lambda)));
+            self.exporting = Some(Promise::spawn_thread("export", move || {
+                export(&root, lambda)
+            }));
         }
     }
 
@@ -455,11 +539,16 @@ impl WorkbenchApp {
         if ws.problems.is_empty() && image_problem.is_none() {
             return;
         }
-        egui::CollapsingHeader::new(format!("Problems ({})", ws.problems.len() + usize::from(image_problem.is_some())))
-            .id_salt("problems")
-            .default_open(false)
-            .show(ui, |ui| {
-                egui::ScrollArea::vertical().max_height(160.0).show(ui, |ui| {
+        egui::CollapsingHeader::new(format!(
+            "Problems ({})",
+            ws.problems.len() + usize::from(image_problem.is_some())
+        ))
+        .id_salt("problems")
+        .default_open(false)
+        .show(ui, |ui| {
+            egui::ScrollArea::vertical()
+                .max_height(160.0)
+                .show(ui, |ui| {
                     if let Some(e) = image_problem {
                         ui.label(RichText::new(e).small().color(colors::UNMATCHED));
                     }
@@ -467,13 +556,19 @@ impl WorkbenchApp {
                         ui.label(RichText::new(p).small());
                     }
                 });
-            });
+        });
     }
 
     fn canvas(&mut self, ui: &mut egui::Ui) {
         let ctx = ui.ctx().clone();
         let Some(ws) = &self.ws else {
-            ui.centered_and_justified(|ui| ui.label(if self.loading.is_some() { "Opening project…" } else { "No project open" }));
+            ui.centered_and_justified(|ui| {
+                ui.label(if self.loading.is_some() {
+                    "Opening project…"
+                } else {
+                    "No project open"
+                })
+            });
             return;
         };
         let Some(image) = self.image else {
@@ -482,14 +577,32 @@ impl WorkbenchApp {
         };
         let info = &ws.dataset.images[image];
         let size = [info.width as f32, info.height as f32];
-        let boxes = overlay_boxes(ws, image, self.region.as_deref(), self.candidate, self.lambda, self.iou);
-        let tex = self.images.full(&ctx, image, || ws.dataset.image_path(image)).map(|r| r.as_ref().map_err(String::as_str));
+        let boxes = overlay_boxes(
+            ws,
+            image,
+            self.region.as_deref(),
+            self.candidate,
+            self.lambda,
+            self.iou,
+        );
+        let tex = self
+            .images
+            .full(&ctx, image, || ws.dataset.image_path(image))
+            .map(|r| r.as_ref().map_err(String::as_str));
         let (texture, error) = match tex {
             Some(Ok(t)) => (Some(t.clone()), None),
             Some(Err(e)) => (None, Some(e.to_string())),
             None => (None, None),
         };
-        let action = canvas::show(ui, &mut self.view, texture.as_ref(), error.as_deref(), size, &boxes, self.renderer);
+        let action = canvas::show(
+            ui,
+            &mut self.view,
+            texture.as_ref(),
+            error.as_deref(),
+            size,
+            &boxes,
+            self.renderer,
+        );
         match action {
             Some(CanvasAction::DrewRegion(b)) => {
                 let r = ws.manual_region(image, b);
@@ -512,21 +625,48 @@ impl WorkbenchApp {
 /// Export at `lambda` from the project on disk (runs off the UI thread).
 fn export(root: &Path, lambda: f32) -> Result<String, String> {
     let ws = Workspace::open(root).map_err(|e| format!("export failed: {e}"))?;
-    let (out, n, issues) = ws.export(lambda).map_err(|e| format!("export failed: {e}"))?;
-    Ok(format!("exported {n} pairs ({} skipped) to {}", issues.len(), out.display()))
+    let (out, n, issues) = ws
+        .export(lambda)
+        .map_err(|e| format!("export failed: {e}"))?;
+    Ok(format!(
+        "exported {n} pairs ({} skipped) to {}",
+        issues.len(),
+        out.display()
+    ))
 }
 
 /// The browser's rows: (image index, image localization score), filtered and sorted.
-pub fn browser_list(ws: &Workspace, f: &BrowserFilter, lambda: f32, iou: f32) -> Vec<(usize, Option<f32>)> {
+pub fn browser_list(
+    ws: &Workspace,
+    f: &BrowserFilter,
+    lambda: f32,
+    iou: f32,
+) -> Vec<(usize, Option<f32>)> {
     let mut rows: Vec<(usize, Option<f32>)> = (0..ws.dataset.images.len())
         .filter(|&i| ws.dataset.objects_of(i).len() >= f.min_objects)
         .filter(|&i| {
-            f.category.is_none_or(|c| ws.dataset.objects_of(i).any(|o| ws.dataset.objects.category[o] as usize == c))
+            f.category.is_none_or(|c| {
+                ws.dataset
+                    .objects_of(i)
+                    .any(|o| ws.dataset.objects.category[o] as usize == c)
+            })
         })
-        .map(|i| (i, if f.sort_worst { ws.image_localization(ws.dataset.images[i].id, lambda, iou) } else { None }))
+        .map(|i| {
+            (
+                i,
+                if f.sort_worst {
+                    ws.image_localization(ws.dataset.images[i].id, lambda, iou)
+                } else {
+                    None
+                },
+            )
+        })
         .collect();
     if f.sort_worst {
-        rows.sort_by(|a, b| a.1.unwrap_or(f32::INFINITY).total_cmp(&b.1.unwrap_or(f32::INFINITY)));
+        rows.sort_by(|a, b| {
+            a.1.unwrap_or(f32::INFINITY)
+                .total_cmp(&b.1.unwrap_or(f32::INFINITY))
+        });
     }
     rows
 }
@@ -544,8 +684,12 @@ pub fn overlay_boxes(
     let ds = &ws.dataset;
     let mut out = Vec::new();
     let pre = ws.project.config.dataset.preprocess();
-    let region = region.and_then(|q| ws.region_index(q)).map(|r| &ws.regions[r]);
-    let ranked = region.map(|r| ws.ranking(&r.id, lambda, iou)).unwrap_or_default();
+    let region = region
+        .and_then(|q| ws.region_index(q))
+        .map(|r| &ws.regions[r]);
+    let ranked = region
+        .map(|r| ws.ranking(&r.id, lambda, iou))
+        .unwrap_or_default();
     let selected = candidate.and_then(|c| ranked.iter().find(|r| r.candidate == c));
     let region_objects: Vec<u64> = region.map(|r| r.objects.clone()).unwrap_or_default();
     for o in ds.objects_of(image) {
@@ -563,18 +707,36 @@ pub fn overlay_boxes(
         }
         let in_region = region_objects.contains(&ds.objects.id[o]);
         let gt_index = region_objects.iter().position(|&id| id == ds.objects.id[o]);
-        let matched = selected.and_then(|s| gt_index.and_then(|g| s.loc.matches.iter().find(|m| m.gt == g)));
+        let matched =
+            selected.and_then(|s| gt_index.and_then(|g| s.loc.matches.iter().find(|m| m.gt == g)));
         let (color, dash, tooltip) = match (selected.is_some() && in_region, matched) {
-            (true, Some(m)) => (colors::GT, 0.0, format!("{name} (ground truth)\nmatched by box {} at IoU {:.3}", m.pred + 1, m.iou)),
-            (true, None) => (colors::MISSED, 6.0, format!("{name} (ground truth)\nmissed at IoU ≥ {iou:.2}")),
+            (true, Some(m)) => (
+                colors::GT,
+                0.0,
+                format!(
+                    "{name} (ground truth)\nmatched by box {} at IoU {:.3}",
+                    m.pred + 1,
+                    m.iou
+                ),
+            ),
+            (true, None) => (
+                colors::MISSED,
+                6.0,
+                format!("{name} (ground truth)\nmissed at IoU ≥ {iou:.2}"),
+            ),
             _ => {
-                let small = if ws.dataset.is_usable(o, &pre) { "" } else { " · below the area limit" };
+                let small = if ws.dataset.is_usable(o, &pre) {
+                    ""
+                } else {
+                    " · below the area limit"
+                };
                 (colors::GT, 0.0, format!("{name} (ground truth){small}"))
             }
         };
         out.push(OverlayBox {
             bbox: b,
-            style: BoxInstance::outline(b.into(), color, if in_region { 2.0 } else { 1.0 }).dashed(dash),
+            style: BoxInstance::outline(b.into(), color, if in_region { 2.0 } else { 1.0 })
+                .dashed(dash),
             label: Some(name),
             tooltip: Some(tooltip),
             candidate_box: None,
@@ -602,8 +764,16 @@ pub fn overlay_boxes(
             for (i, b) in score.boxes.iter().enumerate() {
                 let unmatched = s.loc.unmatched_preds.contains(&i);
                 let best = gt.iter().map(|g| g.iou(*b)).fold(0.0f32, f32::max);
-                let color = if unmatched { colors::UNMATCHED } else { colors::MATCHED };
-                let what = if unmatched { "matches no region object" } else { "matches a region object" };
+                let color = if unmatched {
+                    colors::UNMATCHED
+                } else {
+                    colors::MATCHED
+                };
+                let what = if unmatched {
+                    "matches no region object"
+                } else {
+                    "matches a region object"
+                };
                 out.push(OverlayBox {
                     bbox: *b,
                     style: BoxInstance::outline((*b).into(), color, 2.5).filled(0.10),
@@ -623,7 +793,10 @@ impl eframe::App for WorkbenchApp {
         let ctx = ui.ctx().clone();
         self.images.poll(&ctx);
         let (undo, redo) = ctx.input_mut(|i| {
-            let redo = i.consume_key(egui::Modifiers::COMMAND | egui::Modifiers::SHIFT, egui::Key::Z);
+            let redo = i.consume_key(
+                egui::Modifiers::COMMAND | egui::Modifiers::SHIFT,
+                egui::Key::Z,
+            );
             let undo = i.consume_key(egui::Modifiers::COMMAND, egui::Key::Z);
             (undo, redo)
         });
@@ -633,15 +806,22 @@ impl eframe::App for WorkbenchApp {
             self.undo(false);
         }
         egui::Panel::top("top").show(ui, |ui| self.top_bar(ui));
-        egui::Panel::left("browser").default_size(250.0).resizable(true).show(ui, |ui| self.browser(ui));
-        egui::Panel::right("inspector").default_size(420.0).resizable(true).show(ui, |ui| {
-            egui::ScrollArea::vertical().show(ui, |ui| {
-                self.inspector(ui);
-                ui.separator();
-                self.export_button(ui);
-                self.problems(ui);
+        egui::Panel::left("browser")
+            .default_size(250.0)
+            .min_size(250.0)
+            .resizable(true)
+            .show(ui, |ui| self.browser(ui));
+        egui::Panel::right("inspector")
+            .default_size(420.0)
+            .resizable(true)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| {
+                    self.inspector(ui);
+                    ui.separator();
+                    self.export_button(ui);
+                    self.problems(ui);
+                });
             });
-        });
         egui::CentralPanel::default().show(ui, |ui| self.canvas(ui));
         if self.busy() {
             ctx.request_repaint_after(std::time::Duration::from_millis(50));

@@ -159,18 +159,25 @@ impl OverlayResources {
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("spr-boxes"),
             layout: &bind_group_layout,
-            entries: &[wgpu::BindGroupEntry { binding: 0, resource: globals.as_entire_binding() }],
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: globals.as_entire_binding(),
+            }],
         });
         let instance_capacity = 1024;
         let instances = Self::instance_buffer(device, instance_capacity);
-        render_state.renderer.write().callback_resources.insert(OverlayResources {
-            pipeline,
-            bind_group,
-            globals,
-            instances,
-            instance_capacity,
-            instance_count: 0,
-        });
+        render_state
+            .renderer
+            .write()
+            .callback_resources
+            .insert(OverlayResources {
+                pipeline,
+                bind_group,
+                globals,
+                instances,
+                instance_capacity,
+                instance_count: 0,
+            });
     }
 
     fn instance_buffer(device: &wgpu::Device, capacity: usize) -> wgpu::Buffer {
@@ -219,7 +226,9 @@ impl egui_wgpu::CallbackTrait for OverlayCallback {
         render_pass: &mut wgpu::RenderPass<'static>,
         resources: &egui_wgpu::CallbackResources,
     ) {
-        let Some(r) = resources.get::<OverlayResources>() else { return };
+        let Some(r) = resources.get::<OverlayResources>() else {
+            return;
+        };
         if r.instance_count == 0 {
             return;
         }
@@ -232,7 +241,11 @@ impl egui_wgpu::CallbackTrait for OverlayCallback {
 }
 
 /// The egui shape that draws `instances` over `rect` with `globals`.
-pub fn paint_callback(rect: egui::Rect, globals: Globals, instances: Arc<Vec<BoxInstance>>) -> egui::Shape {
+pub fn paint_callback(
+    rect: egui::Rect,
+    globals: Globals,
+    instances: Arc<Vec<BoxInstance>>,
+) -> egui::Shape {
     egui::Shape::Callback(egui_wgpu::Callback::new_paint_callback(
         rect,
         OverlayCallback { globals, instances },
@@ -250,9 +263,12 @@ mod tests {
     #[test]
     fn shader_validates_with_naga() {
         let module = wgsl_module();
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
-            .validate(&module)
-            .expect("boxes.wgsl validates");
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .expect("boxes.wgsl validates");
     }
 
     /// Size of the WGSL struct named `name`, as naga lays it out.
@@ -271,8 +287,14 @@ mod tests {
     #[test]
     fn gpu_structs_match_their_wgsl_twins() {
         let module = wgsl_module();
-        assert_eq!(std::mem::size_of::<Globals>() as u32, wgsl_struct_size(&module, "Globals"));
-        assert_eq!(std::mem::size_of::<BoxInstance>() as u32, wgsl_struct_size(&module, "BoxInstance"));
+        assert_eq!(
+            std::mem::size_of::<Globals>() as u32,
+            wgsl_struct_size(&module, "Globals")
+        );
+        assert_eq!(
+            std::mem::size_of::<BoxInstance>() as u32,
+            wgsl_struct_size(&module, "BoxInstance")
+        );
         // The vertex attributes cover the instance struct exactly.
         let last = INSTANCE_ATTRIBUTES[INSTANCE_ATTRIBUTES.len() - 1];
         assert_eq!(last.offset + 4, std::mem::size_of::<BoxInstance>() as u64);

@@ -31,7 +31,10 @@ pub fn load_command(file: Option<&Path>, images: usize, keep: Option<&Path>) -> 
             Some(p) => p.to_path_buf(),
             None => std::env::temp_dir().join(format!("spr-bench-{}.json", std::process::id())),
         };
-        eprintln!("generating an Objects365-val-shaped file with {images} images → {}", path.display());
+        eprintln!(
+            "generating an Objects365-val-shaped file with {images} images → {}",
+            path.display()
+        );
         let t = Instant::now();
         let stats = load::write_objects365_like(&path, images, 365)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -44,7 +47,10 @@ pub fn load_command(file: Option<&Path>, images: usize, keep: Option<&Path>) -> 
         );
         // Time the load in a fresh process so that peak memory is the loader's alone.
         let exe = std::env::current_exe().context("locating the spr binary")?;
-        let status = std::process::Command::new(exe).args(["bench", "load"]).arg(&path).status();
+        let status = std::process::Command::new(exe)
+            .args(["bench", "load"])
+            .arg(&path)
+            .status();
         if keep.is_none() {
             let _ = std::fs::remove_file(&path);
         }
@@ -53,7 +59,11 @@ pub fn load_command(file: Option<&Path>, images: usize, keep: Option<&Path>) -> 
         return Ok(());
     };
     let r = load::measure_load(file)?;
-    println!("file: {} ({:.1} MB)", file.display(), r.file_bytes as f64 / 1e6);
+    println!(
+        "file: {} ({:.1} MB)",
+        file.display(),
+        r.file_bytes as f64 / 1e6
+    );
     println!(
         "dataset: {} images, {} objects, {} object-rich images, {} issues",
         r.images, r.objects, r.object_rich, r.issues
@@ -97,7 +107,10 @@ fn bench_scenes(images: usize) -> Vec<Vec<Bbox>> {
 /// `spr bench regions`.
 pub fn regions_command(images: usize) -> Result<()> {
     let scenes = bench_scenes(images);
-    let cfg = RegionConfig { per_image: 1, ..Default::default() };
+    let cfg = RegionConfig {
+        per_image: 1,
+        ..Default::default()
+    };
     // Candidate boxes per query: the region objects shifted by 4 px plus one
     // invented box, as a description of middling quality would give.
     let start = Instant::now();
@@ -112,7 +125,8 @@ pub fn regions_command(images: usize) -> Result<()> {
             preds.clear();
             preds.extend(gt.iter().map(|b| b.translate(4.0, -4.0)));
             preds.push(Bbox::new(0.0, 0.0, 30.0, 30.0));
-            score_sum += localization_score(&gt, &preds, LocVariant::Recall, MATCH_IOU).score as f64;
+            score_sum +=
+                localization_score(&gt, &preds, LocVariant::Recall, MATCH_IOU).score as f64;
             queries += 1;
         }
     }

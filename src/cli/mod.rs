@@ -12,7 +12,8 @@ use crate::core::dataset::{Dataset, LoadOptions};
 use crate::core::grounded::BoxFormat;
 use crate::core::pipeline;
 use crate::core::project::{
-    self, files, CandidateRecord, LineError, MarkRecord, PairRecord, Project, RegionRecord, ScoreRecord,
+    self, files, CandidateRecord, LineError, MarkRecord, PairRecord, Project, RegionRecord,
+    ScoreRecord,
 };
 use crate::core::rec::{self, PredictionRecord};
 use crate::core::scores::NoDetector;
@@ -132,17 +133,25 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Gui(p)) => crate::app::run(p.project),
         Some(Command::Info(p)) => show(&p.project),
         Some(Command::Check(p)) => check(&p.project),
-        Some(Command::Regions { project, seed, per_image }) => {
-            regions(&project.project, seed, per_image)
-        }
+        Some(Command::Regions {
+            project,
+            seed,
+            per_image,
+        }) => regions(&project.project, seed, per_image),
         Some(Command::Score(p)) => score(&p.project),
         Some(Command::Pairs { project, lambda }) => pairs(&project.project, lambda),
         Some(Command::Export { project, out }) => export(&project.project, out),
-        Some(Command::EvalRec { predictions, format, out }) => {
-            eval_rec(&predictions, format, out.as_deref())
-        }
+        Some(Command::EvalRec {
+            predictions,
+            format,
+            out,
+        }) => eval_rec(&predictions, format, out.as_deref()),
         Some(Command::Demo { out, images, seed }) => {
-            let cfg = crate::demo::DemoConfig { images, seed, ..Default::default() };
+            let cfg = crate::demo::DemoConfig {
+                images,
+                seed,
+                ..Default::default()
+            };
             let s = crate::demo::generate(&out, &cfg)?;
             println!(
                 "demo: {} synthetic images, {} annotations, {} regions, {} candidates, {} pairs → {}",
@@ -189,7 +198,11 @@ fn open(dir: &Path) -> Result<Project> {
 
 /// Load the project's dataset, printing a count of its issues.
 fn load_dataset(p: &Project) -> Result<Dataset> {
-    let ds = Dataset::load(&p.annotations_path(), &p.image_root(), &LoadOptions::default())?;
+    let ds = Dataset::load(
+        &p.annotations_path(),
+        &p.image_root(),
+        &LoadOptions::default(),
+    )?;
     if let Some(first) = ds.issues.first() {
         eprintln!(
             "warning: {} dataset issue(s), bad records skipped (first: {first}); `spr check` lists all",
@@ -205,9 +218,8 @@ where
     T: serde::de::DeserializeOwned + project::Versioned,
 {
     let path = p.path(name);
-    let (records, errors) = project::read_jsonl::<T>(&path).with_context(|| {
-        format!("reading {name}; run the earlier pipeline step first")
-    })?;
+    let (records, errors) = project::read_jsonl::<T>(&path)
+        .with_context(|| format!("reading {name}; run the earlier pipeline step first"))?;
     warn_lines(&errors);
     Ok(records)
 }
@@ -232,7 +244,11 @@ fn warn_issues(issues: &[pipeline::StageIssue]) {
 
 fn check(dir: &Path) -> Result<()> {
     let p = open(dir)?;
-    let ds = Dataset::load(&p.annotations_path(), &p.image_root(), &LoadOptions::default())?;
+    let ds = Dataset::load(
+        &p.annotations_path(),
+        &p.image_root(),
+        &LoadOptions::default(),
+    )?;
     let pre = p.config.dataset.preprocess();
     println!(
         "{}: {} images, {} objects, {} categories, {} object-rich images (≥ {} objects of area ≥ {})",
@@ -256,7 +272,11 @@ fn check(dir: &Path) -> Result<()> {
     for issue in &ds.issues {
         println!("{issue}");
     }
-    println!("{} issue(s), {} missing image file(s)", ds.issues.len(), missing);
+    println!(
+        "{} issue(s), {} missing image file(s)",
+        ds.issues.len(),
+        missing
+    );
     Ok(())
 }
 
@@ -322,8 +342,11 @@ fn pairs(dir: &Path, lambda: Option<f32>) -> Result<()> {
     let candidates: Vec<CandidateRecord> = read_stage(&p, files::CANDIDATES)?;
     let scores: Vec<ScoreRecord> = read_stage(&p, files::SCORES)?;
     // Hand-set marks are optional.
-    let marks: Vec<MarkRecord> =
-        if p.path(files::MARKS).exists() { read_stage(&p, files::MARKS)? } else { Vec::new() };
+    let marks: Vec<MarkRecord> = if p.path(files::MARKS).exists() {
+        read_stage(&p, files::MARKS)?
+    } else {
+        Vec::new()
+    };
     let mut scoring = p.config.scoring.clone();
     if let Some(l) = lambda {
         if !(0.0..=1.0).contains(&l) {
@@ -331,8 +354,7 @@ fn pairs(dir: &Path, lambda: Option<f32>) -> Result<()> {
         }
         scoring.lambda = l;
     }
-    let (pairs, stats, issues) =
-        pipeline::build_pairs(
+    let (pairs, stats, issues) = pipeline::build_pairs(
         &ds,
         &regions,
         &candidates,
@@ -369,10 +391,13 @@ fn export(dir: &Path, out: Option<PathBuf>) -> Result<()> {
     let pairs: Vec<PairRecord> = read_stage(&p, files::PAIRS)?;
     let out = out.unwrap_or_else(|| p.path(files::EXPORT_DIR));
     let b = bar(pairs.len() as u64, "export");
-    let (records, issues) =
-        pipeline::export_trl(&pairs, &p.image_root(), &p.config.export.prompt, &out, &|n| {
-            b.inc(n)
-        })?;
+    let (records, issues) = pipeline::export_trl(
+        &pairs,
+        &p.image_root(),
+        &p.config.export.prompt,
+        &out,
+        &|n| b.inc(n),
+    )?;
     b.finish_and_clear();
     warn_issues(&issues);
     println!(
@@ -395,7 +420,10 @@ fn eval_rec(predictions: &Path, format: BoxFormat, out: Option<&Path>) -> Result
             Err(e) => {
                 bad += 1;
                 if bad <= 5 {
-                    eprintln!("warning: {}:{line}: {e}; line skipped", predictions.display());
+                    eprintln!(
+                        "warning: {}:{line}: {e}; line skipped",
+                        predictions.display()
+                    );
                 }
             }
         }
@@ -429,7 +457,11 @@ fn show(dir: &Path) -> Result<()> {
     }
     let count = |name: &str| -> String {
         match std::fs::read_to_string(p.path(name)) {
-            Ok(t) => t.lines().filter(|l| !l.trim().is_empty()).count().to_string(),
+            Ok(t) => t
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .count()
+                .to_string(),
             Err(_) => "missing".into(),
         }
     };

@@ -193,7 +193,12 @@ impl Bbox {
 
     /// Round every coordinate to the nearest integer (display and export).
     pub fn round(self) -> Bbox {
-        Bbox::new(self.x1.round(), self.y1.round(), self.x2.round(), self.y2.round())
+        Bbox::new(
+            self.x1.round(),
+            self.y1.round(),
+            self.x2.round(),
+            self.y2.round(),
+        )
     }
 }
 

@@ -57,13 +57,22 @@ pub fn limits() -> Limits {
 
 /// Decode the image at `path` as 8-bit RGB, within [`limits`].
 pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageLoadError> {
-    let decode = |message: String| ImageLoadError::Decode { path: path.to_path_buf(), message };
+    let decode = |message: String| ImageLoadError::Decode {
+        path: path.to_path_buf(),
+        message,
+    };
     let mut reader = ImageReader::open(path)
-        .map_err(|source| ImageLoadError::Open { path: path.to_path_buf(), source })?
+        .map_err(|source| ImageLoadError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?
         .with_guessed_format()
         .map_err(|e| decode(e.to_string()))?;
     reader.limits(limits());
-    Ok(reader.decode().map_err(|e| decode(e.to_string()))?.to_rgb8())
+    Ok(reader
+        .decode()
+        .map_err(|e| decode(e.to_string()))?
+        .to_rgb8())
 }
 
 /// The pixels of `crop` (image pixels; rounded outward, clamped to the image).
@@ -78,9 +87,14 @@ pub fn crop_rgb(image: &RgbImage, crop: Bbox) -> RgbImage {
 
 /// Save `image` as PNG at `path` (atomically, via the project writer).
 pub fn save_png(image: &RgbImage, path: &Path) -> Result<(), ImageLoadError> {
-    let write = |message: String| ImageLoadError::Write { path: path.to_path_buf(), message };
+    let write = |message: String| ImageLoadError::Write {
+        path: path.to_path_buf(),
+        message,
+    };
     let mut bytes = std::io::Cursor::new(Vec::new());
-    image.write_to(&mut bytes, image::ImageFormat::Png).map_err(|e| write(e.to_string()))?;
+    image
+        .write_to(&mut bytes, image::ImageFormat::Png)
+        .map_err(|e| write(e.to_string()))?;
     crate::core::project::write_atomic(path, bytes.get_ref()).map_err(|e| write(e.to_string()))
 }
 
@@ -123,7 +137,11 @@ mod tests {
         for &b in data {
             crc ^= b as u32;
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc

@@ -18,8 +18,8 @@ use crate::core::geometry::Bbox;
 use crate::core::grounded::{self, BoxFormat, Parsed};
 use crate::core::imageio;
 use crate::core::project::{
-    CandidateRecord, Frame, MarkRecord, PairRecord, RegionRecord, RegionSource, ScoreRecord, ScoringConfig,
-    FORMAT_VERSION,
+    CandidateRecord, Frame, MarkRecord, PairRecord, RegionRecord, RegionSource, ScoreRecord,
+    ScoringConfig, FORMAT_VERSION,
 };
 use crate::core::regions::{sample_regions, RegionConfig};
 use crate::core::scores::{self, Components, Detector};
@@ -35,12 +35,20 @@ pub struct StageIssue {
 }
 
 fn issue(record: String, message: impl Into<String>) -> StageIssue {
-    StageIssue { record, message: message.into() }
+    StageIssue {
+        record,
+        message: message.into(),
+    }
 }
 
 /// Annotation id → object index, built once per stage.
 pub fn object_ids(ds: &Dataset) -> HashMap<u64, usize> {
-    ds.objects.id.iter().enumerate().map(|(i, &id)| (id, i)).collect()
+    ds.objects
+        .id
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, i))
+        .collect()
 }
 
 /// SPR region queries for every object-rich image of `ds`, in image order.
@@ -74,7 +82,11 @@ pub fn build_regions(
                     region: q.region,
                     crop: q.crop,
                     seed_object: Some(ds.objects.id[usable[q.seed]]),
-                    objects: q.objects.iter().map(|&i| ds.objects.id[usable[i]]).collect(),
+                    objects: q
+                        .objects
+                        .iter()
+                        .map(|&i| ds.objects.id[usable[i]])
+                        .collect(),
                     source: RegionSource::Random,
                 })
                 .collect::<Vec<_>>()
@@ -145,7 +157,10 @@ pub fn region_gt(
         .iter()
         .map(|id| {
             ids.get(id).map(|&o| ds.objects.bbox[o]).ok_or_else(|| {
-                issue(format!("region {}", region.id), format!("object id {id} is not in the dataset"))
+                issue(
+                    format!("region {}", region.id),
+                    format!("object id {id} is not in the dataset"),
+                )
             })
         })
         .collect()
@@ -169,10 +184,15 @@ pub fn score_candidates(
     for c in candidates {
         progress(1);
         let Some(region) = by_id.get(c.query_id.as_str()) else {
-            issues.push(issue(format!("candidate {}", c.id), format!("query {} is not in regions.jsonl", c.query_id)));
+            issues.push(issue(
+                format!("candidate {}", c.id),
+                format!("query {} is not in regions.jsonl", c.query_id),
+            ));
             continue;
         };
-        let gt = gts.entry(region.id.as_str()).or_insert_with(|| region_gt(region, ds, &ids));
+        let gt = gts
+            .entry(region.id.as_str())
+            .or_insert_with(|| region_gt(region, ds, &ids));
         let gt = match gt {
             Ok(gt) => gt,
             Err(e) => {
@@ -233,13 +253,19 @@ pub fn build_pairs(
     format: BoxFormat,
 ) -> (Vec<PairRecord>, PairStats, Vec<StageIssue>) {
     let ids = object_ids(ds);
-    let mark_of: HashMap<&str, &MarkRecord> = marks.iter().map(|m| (m.query_id.as_str(), m)).collect();
-    let score_of: HashMap<&str, &ScoreRecord> =
-        scores_in.iter().map(|s| (s.candidate_id.as_str(), s)).collect();
+    let mark_of: HashMap<&str, &MarkRecord> =
+        marks.iter().map(|m| (m.query_id.as_str(), m)).collect();
+    let score_of: HashMap<&str, &ScoreRecord> = scores_in
+        .iter()
+        .map(|s| (s.candidate_id.as_str(), s))
+        .collect();
     let mut by_query: HashMap<&str, Vec<(&CandidateRecord, &ScoreRecord)>> = HashMap::new();
     for c in candidates {
         if let Some(s) = score_of.get(c.id.as_str()) {
-            by_query.entry(c.query_id.as_str()).or_default().push((c, s));
+            by_query
+                .entry(c.query_id.as_str())
+                .or_default()
+                .push((c, s));
         }
     }
     let mut stats = PairStats::default();
@@ -247,7 +273,10 @@ pub fn build_pairs(
     let mut issues = Vec::new();
     for region in regions {
         stats.queries += 1;
-        let cands = by_query.get(region.id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        let cands = by_query
+            .get(region.id.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         let comps: Vec<Components> = cands.iter().map(|(_, s)| s.components()).collect();
         if comps.len() < 2 {
             stats.too_few_candidates += 1;
@@ -255,9 +284,8 @@ pub fn build_pairs(
         }
         let auto = scores::select_pair(&comps, scoring.lambda);
         let mark = mark_of.get(region.id.as_str());
-        let marked = |id: Option<&String>| {
-            id.and_then(|id| cands.iter().position(|(c, _)| &c.id == id))
-        };
+        let marked =
+            |id: Option<&String>| id.and_then(|id| cands.iter().position(|(c, _)| &c.id == id));
         let best = marked(mark.and_then(|m| m.chosen.as_ref())).or(auto.map(|a| a.0));
         let worst = marked(mark.and_then(|m| m.rejected.as_ref())).or(auto.map(|a| a.1));
         let (Some(best), Some(worst)) = (best, worst) else {
@@ -377,14 +405,23 @@ pub struct TrlRecord {
 fn text_message(role: &str, text: &str) -> TrlMessage {
     TrlMessage {
         role: role.into(),
-        content: vec![TrlContent { kind: "text".into(), text: Some(text.into()) }],
+        content: vec![TrlContent {
+            kind: "text".into(),
+            text: Some(text.into()),
+        }],
     }
 }
 
 /// The TRL record of a pair whose crop image is at `image` (relative path).
 pub fn trl_record(pair: &PairRecord, prompt: &str, image: String) -> TrlRecord {
     let mut user = text_message("user", prompt);
-    user.content.insert(0, TrlContent { kind: "image".into(), text: None });
+    user.content.insert(
+        0,
+        TrlContent {
+            kind: "image".into(),
+            text: None,
+        },
+    );
     TrlRecord {
         images: vec![image],
         prompt: vec![user],
@@ -432,5 +469,13 @@ pub fn export_trl(
 
 /// A query id made safe as a file name.
 fn sanitize(id: &str) -> String {
-    id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

@@ -87,7 +87,10 @@ pub enum ProjectError {
 impl ProjectError {
     /// An I/O error on `path`.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        ProjectError::Io { path: path.to_path_buf(), source }
+        ProjectError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -119,7 +122,10 @@ fn default_min_objects() -> usize {
 impl DatasetConfig {
     /// The preprocessing settings.
     pub fn preprocess(&self) -> Preprocess {
-        Preprocess { min_area: self.min_area, min_objects: self.min_objects }
+        Preprocess {
+            min_area: self.min_area,
+            min_objects: self.min_objects,
+        }
     }
 }
 
@@ -147,7 +153,11 @@ pub struct ScoringConfig {
 
 impl Default for ScoringConfig {
     fn default() -> Self {
-        Self { lambda: DEFAULT_LAMBDA, localization: LocVariant::Recall, match_iou: MATCH_IOU }
+        Self {
+            lambda: DEFAULT_LAMBDA,
+            localization: LocVariant::Recall,
+            match_iou: MATCH_IOU,
+        }
     }
 }
 
@@ -300,7 +310,10 @@ pub struct ScoreRecord {
 impl ScoreRecord {
     /// The stored components.
     pub fn components(&self) -> Components {
-        Components { semantic: self.semantic, localization: self.localization }
+        Components {
+            semantic: self.semantic,
+            localization: self.localization,
+        }
     }
 }
 
@@ -375,7 +388,13 @@ pub trait Versioned {
 macro_rules! versioned {
     ($($t:ty),*) => {$(impl Versioned for $t { fn version(&self) -> u32 { self.v } })*};
 }
-versioned!(RegionRecord, CandidateRecord, ScoreRecord, PairRecord, MarkRecord);
+versioned!(
+    RegionRecord,
+    CandidateRecord,
+    ScoreRecord,
+    PairRecord,
+    MarkRecord
+);
 
 /// A JSONL line that could not be read; the rest of the file still was.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
@@ -389,38 +408,39 @@ pub struct LineError {
     pub message: String,
 }
 
+/// Records read from a JSONL file with their 1-based line numbers, and the
+/// lines that could not be read.
+pub type JsonlLines<T> = (Vec<(usize, T)>, Vec<LineError>);
+
 /// Read a JSONL file of versioned records. Blank lines are skipped; a bad
 /// line becomes a [`LineError`] and the others are still returned. A missing
 /// file is an I/O error (`NotFound`).
 pub fn read_jsonl<T: DeserializeOwned + Versioned>(
     path: &Path,
 ) -> Result<(Vec<T>, Vec<LineError>), ProjectError> {
-    let file = fs::File::open(path).map_err(|e| ProjectError::io(path, e))?;
-    let mut records = Vec::new();
-    let mut errors = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| ProjectError::io(path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let err = |message: String| LineError { file: path.to_path_buf(), line: i + 1, message };
-        match serde_json::from_str::<T>(&line) {
-            Ok(r) if r.version() == FORMAT_VERSION => records.push(r),
-            Ok(r) => errors.push(err(format!(
-                "field \"v\": format version {} is not supported (this build reads {FORMAT_VERSION})",
-                r.version()
-            ))),
-            Err(e) => errors.push(err(e.to_string())),
+    let (lines, mut errors) = read_jsonl_plain::<T>(path)?;
+    let mut records = Vec::with_capacity(lines.len());
+    for (line, r) in lines {
+        if r.version() == FORMAT_VERSION {
+            records.push(r);
+        } else {
+            errors.push(LineError {
+                file: path.to_path_buf(),
+                line,
+                message: format!(
+                    "field \"v\": format version {} is not supported (this build reads {FORMAT_VERSION})",
+                    r.version()
+                ),
+            });
         }
     }
+    errors.sort_by_key(|e| e.line);
     Ok((records, errors))
 }
 
 /// Read a JSONL file of any serde type, without version checks (for
 /// imported files such as predictions). Same error handling as [`read_jsonl`].
-pub fn read_jsonl_plain<T: DeserializeOwned>(
-    path: &Path,
-) -> Result<(Vec<(usize, T)>, Vec<LineError>), ProjectError> {
+pub fn read_jsonl_plain<T: DeserializeOwned>(path: &Path) -> Result<JsonlLines<T>, ProjectError> {
     let file = fs::File::open(path).map_err(|e| ProjectError::io(path, e))?;
     let mut records = Vec::new();
     let mut errors = Vec::new();
@@ -444,9 +464,15 @@ pub fn read_jsonl_plain<T: DeserializeOwned>(
 /// Write `bytes` to `path` atomically: a temporary file in the same folder,
 /// flushed to disk, then renamed over the target.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProjectError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| ProjectError::io(dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
@@ -488,8 +514,10 @@ impl Project {
     pub fn open(root: &Path) -> Result<Project, ProjectError> {
         let path = root.join(files::CONFIG);
         let text = fs::read_to_string(&path).map_err(|e| ProjectError::io(&path, e))?;
-        let config: ProjectConfig = toml::from_str(&text)
-            .map_err(|e| ProjectError::Config { path: path.clone(), message: e.to_string() })?;
+        let config: ProjectConfig = toml::from_str(&text).map_err(|e| ProjectError::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         if config.format_version != FORMAT_VERSION {
             return Err(ProjectError::Config {
                 path,
@@ -499,16 +527,24 @@ impl Project {
                 ),
             });
         }
-        Ok(Project { root: root.to_path_buf(), config })
+        Ok(Project {
+            root: root.to_path_buf(),
+            config,
+        })
     }
 
     /// Write `spr.toml` for `config` into `root` and open it.
     pub fn create(root: &Path, config: ProjectConfig) -> Result<Project, ProjectError> {
         let path = root.join(files::CONFIG);
-        let text = toml::to_string_pretty(&config)
-            .map_err(|e| ProjectError::Encode { path: path.clone(), message: e.to_string() })?;
+        let text = toml::to_string_pretty(&config).map_err(|e| ProjectError::Encode {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         write_atomic(&path, text.as_bytes())?;
-        Ok(Project { root: root.to_path_buf(), config })
+        Ok(Project {
+            root: root.to_path_buf(),
+            config,
+        })
     }
 
     /// A path inside the project.
@@ -550,7 +586,13 @@ mod tests {
         };
         let mut text = serde_json::to_string(&good).unwrap();
         text.push_str("\n{not json\n\n");
-        text.push_str(&serde_json::to_string(&RegionRecord { v: 9, ..good.clone() }).unwrap());
+        text.push_str(
+            &serde_json::to_string(&RegionRecord {
+                v: 9,
+                ..good.clone()
+            })
+            .unwrap(),
+        );
         text.push_str("\n{\"v\":1,\"id\":\"x\"}\n");
         fs::write(&path, text).unwrap();
         let (records, errors) = read_jsonl::<RegionRecord>(&path).unwrap();
@@ -560,8 +602,14 @@ mod tests {
         assert_eq!(errors[1].line, 4);
         assert!(errors[1].message.contains("format version 9"));
         assert_eq!(errors[2].line, 5);
-        assert!(errors[2].message.contains("missing field `image_id`"), "{}", errors[2].message);
-        assert!(errors[2].to_string().starts_with(&format!("{}:5: ", path.display())));
+        assert!(
+            errors[2].message.contains("missing field `image_id`"),
+            "{}",
+            errors[2].message
+        );
+        assert!(errors[2]
+            .to_string()
+            .starts_with(&format!("{}:5: ", path.display())));
     }
 
     #[test]
@@ -583,6 +631,9 @@ mod tests {
         )
         .unwrap();
         let err = Project::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("spr.toml") && err.contains("bogus") && err.contains("line 6"), "{err}");
+        assert!(
+            err.contains("spr.toml") && err.contains("bogus") && err.contains("line 6"),
+            "{err}"
+        );
     }
 }

@@ -78,7 +78,11 @@ pub struct RecSample {
 impl PredictionRecord {
     /// Score the record: the first box of the output (or `pred_bbox`) against
     /// the ground truth.
-    pub fn score(&self, format: BoxFormat, fallback_id: &str) -> Result<RecSample, PredictionError> {
+    pub fn score(
+        &self,
+        format: BoxFormat,
+        fallback_id: &str,
+    ) -> Result<RecSample, PredictionError> {
         if !self.gt_bbox.is_valid() {
             return Err(PredictionError::BadGroundTruth(self.gt_bbox.into()));
         }
@@ -88,7 +92,11 @@ impl PredictionRecord {
                 let (Some(w), Some(h)) = (self.width, self.height) else {
                     return Err(PredictionError::NoFrame);
                 };
-                grounded::parse(text, format, w, h).text.boxes().first().copied()
+                grounded::parse(text, format, w, h)
+                    .text
+                    .boxes()
+                    .first()
+                    .copied()
             }
             (None, None) => return Err(PredictionError::NoPrediction),
         };
@@ -125,7 +133,11 @@ pub fn rec_report(samples: &[RecSample]) -> RecReport {
             .iter()
             .map(|&t| (t, frac(samples.iter().filter(|s| s.iou >= t).count())))
             .collect(),
-        mean_iou: if n == 0 { 0.0 } else { samples.iter().map(|s| s.iou).sum::<f32>() / n as f32 },
+        mean_iou: if n == 0 {
+            0.0
+        } else {
+            samples.iter().map(|s| s.iou).sum::<f32>() / n as f32
+        },
     }
 }
 
@@ -186,7 +198,10 @@ mod tests {
         r.output = Some("I cannot see it.".into());
         assert_eq!(r.score(BoxFormat::Ferret, "0").unwrap().iou, 0.0);
         r.width = None;
-        assert_eq!(r.score(BoxFormat::Ferret, "0"), Err(PredictionError::NoFrame));
+        assert_eq!(
+            r.score(BoxFormat::Ferret, "0"),
+            Err(PredictionError::NoFrame)
+        );
     }
 
     #[test]

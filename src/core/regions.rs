@@ -82,7 +82,9 @@ pub enum Rejection {
 
 /// The objects of `boxes` held by `region` (at least `containment` of their area inside).
 pub fn objects_in(region: Bbox, boxes: &[Bbox], containment: f32) -> Vec<usize> {
-    (0..boxes.len()).filter(|&i| boxes[i].fraction_inside(region) >= containment).collect()
+    (0..boxes.len())
+        .filter(|&i| boxes[i].fraction_inside(region) >= containment)
+        .collect()
 }
 
 /// Grow a region from box `seed` (see the module doc). The crop is clamped
@@ -127,7 +129,12 @@ pub fn grow_region(
     if region.side_ratio() <= cfg.min_side_ratio {
         return Err(Rejection::TooThin);
     }
-    let objects = held.iter().enumerate().filter(|(_, &h)| h).map(|(i, _)| i).collect();
+    let objects = held
+        .iter()
+        .enumerate()
+        .filter(|(_, &h)| h)
+        .map(|(i, _)| i)
+        .collect();
     Ok(RegionQuery {
         region,
         crop: region.expand(cfg.crop_scale).clamp_to(image_w, image_h),
@@ -207,14 +214,24 @@ mod tests {
             .collect();
         let cfg = RegionConfig::default();
         // 95 × 20: ratio 0.21 ≤ 1/3
-        assert_eq!(grow_region(&row, 0, 200.0, 200.0, &cfg), Err(Rejection::TooThin));
-        assert_eq!(grow_region(&row[..3], 0, 200.0, 200.0, &cfg), Err(Rejection::TooFewObjects));
+        assert_eq!(
+            grow_region(&row, 0, 200.0, 200.0, &cfg),
+            Err(Rejection::TooThin)
+        );
+        assert_eq!(
+            grow_region(&row[..3], 0, 200.0, 200.0, &cfg),
+            Err(Rejection::TooFewObjects)
+        );
     }
 
     #[test]
     fn sampling_is_deterministic_and_distinct() {
         let boxes = grid_boxes();
-        let cfg = RegionConfig { per_image: 3, seed: 7, ..Default::default() };
+        let cfg = RegionConfig {
+            per_image: 3,
+            seed: 7,
+            ..Default::default()
+        };
         let a = sample_regions(&boxes, 200.0, 200.0, &cfg, 12);
         let b = sample_regions(&boxes, 200.0, 200.0, &cfg, 12);
         assert_eq!(a, b);

@@ -93,14 +93,28 @@ pub fn localization_score(
             matches.push(Match { gt: gi, pred, iou });
         }
     }
-    let unmatched_preds: Vec<usize> =
-        pred_matched.iter().enumerate().filter(|(_, &m)| !m).map(|(i, _)| i).collect();
+    let unmatched_preds: Vec<usize> = pred_matched
+        .iter()
+        .enumerate()
+        .filter(|(_, &m)| !m)
+        .map(|(i, _)| i)
+        .collect();
     let denominator = match variant {
         LocVariant::Recall => gt.len(),
         LocVariant::PrecisionAware => gt.len() + unmatched_preds.len(),
     };
-    let score = if denominator == 0 || gt.is_empty() { 0.0 } else { sum / denominator as f32 };
-    LocScore { score, matches, unmatched_preds, n_gt: gt.len(), n_pred: preds.len() }
+    let score = if denominator == 0 || gt.is_empty() {
+        0.0
+    } else {
+        sum / denominator as f32
+    };
+    LocScore {
+        score,
+        matches,
+        unmatched_preds,
+        n_gt: gt.len(),
+        n_pred: preds.len(),
+    }
 }
 
 /// `λ·semantic + (1−λ)·localization`; the localization score alone when the
@@ -174,7 +188,8 @@ pub fn refine(
             t.sort_by(|a, b| b.0.total_cmp(&a.0));
             return t.into_iter().map(|(_, g)| g).collect();
         }
-        let best = best_match(b, region_gt, match_iou).or_else(|| best_match(b, annotations, match_iou));
+        let best =
+            best_match(b, region_gt, match_iou).or_else(|| best_match(b, annotations, match_iou));
         best.map(|a| vec![a]).unwrap_or_default()
     })
 }
@@ -182,10 +197,10 @@ pub fn refine(
 /// The box of `candidates` with the highest IoU with `b`, if at least `match_iou`.
 fn best_match(b: Bbox, candidates: &[Bbox], match_iou: f32) -> Option<Bbox> {
     candidates
-            .iter()
-            .map(|a| (a.iou(b), *a))
-            .filter(|(iou, _)| *iou >= match_iou)
-            .max_by(|x, y| x.0.total_cmp(&y.0))
+        .iter()
+        .map(|a| (a.iou(b), *a))
+        .filter(|(iou, _)| *iou >= match_iou)
+        .max_by(|x, y| x.0.total_cmp(&y.0))
         .map(|(_, a)| a)
 }
 
@@ -209,7 +224,11 @@ impl Components {
 /// input order).
 pub fn rank(scores: &[Components], lambda: f32) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[b].composite(lambda).total_cmp(&scores[a].composite(lambda)));
+    order.sort_by(|&a, &b| {
+        scores[b]
+            .composite(lambda)
+            .total_cmp(&scores[a].composite(lambda))
+    });
     order
 }
 
@@ -234,11 +253,15 @@ mod tests {
 
     #[test]
     fn localization_hand_worked() {
-        let gt = [b(0.0, 0.0, 10.0, 10.0), b(20.0, 0.0, 30.0, 10.0), b(40.0, 0.0, 50.0, 10.0)];
+        let gt = [
+            b(0.0, 0.0, 10.0, 10.0),
+            b(20.0, 0.0, 30.0, 10.0),
+            b(40.0, 0.0, 50.0, 10.0),
+        ];
         let preds = [
-            b(0.0, 0.0, 10.0, 10.0),     // IoU 1 with g0
-            b(20.0, 0.0, 30.0, 8.0),     // IoU 0.8 with g1
-            b(40.0, 0.0, 45.0, 10.0),    // IoU 0.5 with g2: counts (inclusive)
+            b(0.0, 0.0, 10.0, 10.0),       // IoU 1 with g0
+            b(20.0, 0.0, 30.0, 8.0),       // IoU 0.8 with g1
+            b(40.0, 0.0, 45.0, 10.0),      // IoU 0.5 with g2: counts (inclusive)
             b(100.0, 100.0, 110.0, 110.0), // invented
         ];
         let s = localization_score(&gt, &preds, LocVariant::Recall, MATCH_IOU);
@@ -250,21 +273,36 @@ mod tests {
         // Below the threshold counts nothing.
         let s = localization_score(&gt[..1], &[b(0.0, 0.0, 10.0, 4.0)], LocVariant::Recall, 0.5);
         assert_eq!(s.score, 0.0);
-        assert_eq!(localization_score(&[], &preds, LocVariant::Recall, 0.5).score, 0.0);
+        assert_eq!(
+            localization_score(&[], &preds, LocVariant::Recall, 0.5).score,
+            0.0
+        );
     }
 
     #[test]
     fn composite_and_pairs() {
         let scores = [
-            Components { semantic: Some(0.9), localization: 0.1 }, // 0.74 at λ=.8, 0.1 at λ=0
-            Components { semantic: Some(0.5), localization: 0.9 }, // 0.58 / 0.9
-            Components { semantic: Some(0.6), localization: 0.4 }, // 0.56 / 0.4
+            Components {
+                semantic: Some(0.9),
+                localization: 0.1,
+            }, // 0.74 at λ=.8, 0.1 at λ=0
+            Components {
+                semantic: Some(0.5),
+                localization: 0.9,
+            }, // 0.58 / 0.9
+            Components {
+                semantic: Some(0.6),
+                localization: 0.4,
+            }, // 0.56 / 0.4
         ];
         assert_eq!(rank(&scores, 0.8), vec![0, 1, 2]);
         assert_eq!(select_pair(&scores, 0.8), Some((0, 2)));
         assert_eq!(rank(&scores, 0.0), vec![1, 2, 0]);
         assert_eq!(select_pair(&scores, 0.0), Some((1, 0)));
-        let tied = [Components { semantic: None, localization: 0.3 }; 2];
+        let tied = [Components {
+            semantic: None,
+            localization: 0.3,
+        }; 2];
         assert_eq!(select_pair(&tied, 0.8), None);
         assert_eq!(composite(0.8, None, 0.4), 0.4);
     }
@@ -276,11 +314,20 @@ mod tests {
         let all = [region[0], region[1], outside];
         let text = GroundedText {
             pieces: vec![
-                Piece::Object { phrase: "a circle".into(), boxes: vec![b(1.0, 0.0, 10.0, 10.0)] },
+                Piece::Object {
+                    phrase: "a circle".into(),
+                    boxes: vec![b(1.0, 0.0, 10.0, 10.0)],
+                },
                 Piece::Text(" and ".into()),
-                Piece::Object { phrase: "a ghost".into(), boxes: vec![b(200.0, 200.0, 210.0, 210.0)] },
+                Piece::Object {
+                    phrase: "a ghost".into(),
+                    boxes: vec![b(200.0, 200.0, 210.0, 210.0)],
+                },
                 Piece::Text(" near ".into()),
-                Piece::Object { phrase: "a star".into(), boxes: vec![b(61.0, 61.0, 80.0, 80.0)] },
+                Piece::Object {
+                    phrase: "a star".into(),
+                    boxes: vec![b(61.0, 61.0, 80.0, 80.0)],
+                },
             ],
         };
         let r = refine(&text, &region, &all, MATCH_IOU);
@@ -316,7 +363,11 @@ mod tests {
     fn jitter(g: Bbox, d: (i8, i8, i8, i8)) -> Bbox {
         let j = |v: f32, k: i8| v + k as f32;
         let out = Bbox::new(j(g.x1, d.0), j(g.y1, d.1), j(g.x2, d.2), j(g.y2, d.3));
-        if out.is_valid() { out } else { g }
+        if out.is_valid() {
+            out
+        } else {
+            g
+        }
     }
 
     proptest! {

@@ -21,7 +21,11 @@ use crate::core::regions::{sample_regions, RegionConfig};
 use crate::core::scores::{self, Components, LocScore, NoDetector};
 
 /// `text` (image pixels) rendered in the syntax and frame of candidate `c`.
-fn render_in_frame(text: &crate::core::grounded::GroundedText, c: &CandidateRecord, region: &RegionRecord) -> String {
+fn render_in_frame(
+    text: &crate::core::grounded::GroundedText,
+    c: &CandidateRecord,
+    region: &RegionRecord,
+) -> String {
     let (frame, w, h) = match c.frame {
         Frame::Crop => (region.crop, region.crop.width(), region.crop.height()),
         Frame::Image => (Bbox::default(), region.width as f32, region.height as f32),
@@ -77,7 +81,11 @@ impl Edit {
                 before: after.clone(),
                 after: before.clone(),
             }),
-            Edit::SetMark { query_id, before, after } => Inverse::Edit(Edit::SetMark {
+            Edit::SetMark {
+                query_id,
+                before,
+                after,
+            } => Inverse::Edit(Edit::SetMark {
                 query_id: query_id.clone(),
                 before: after.clone(),
                 after: before.clone(),
@@ -137,7 +145,11 @@ pub struct Workspace {
     redo: Vec<Edit>,
 }
 
-fn read_optional<T>(p: &Project, name: &str, problems: &mut Vec<String>) -> Result<Vec<T>, ProjectError>
+fn read_optional<T>(
+    p: &Project,
+    name: &str,
+    problems: &mut Vec<String>,
+) -> Result<Vec<T>, ProjectError>
 where
     T: serde::de::DeserializeOwned + Versioned,
 {
@@ -155,8 +167,11 @@ impl Workspace {
     /// present. Bad records are listed in [`Workspace::problems`].
     pub fn open(dir: &Path) -> Result<Workspace, WorkspaceError> {
         let project = Project::open(dir)?;
-        let dataset =
-            Dataset::load(&project.annotations_path(), &project.image_root(), &LoadOptions::default())?;
+        let dataset = Dataset::load(
+            &project.annotations_path(),
+            &project.image_root(),
+            &LoadOptions::default(),
+        )?;
         let mut problems: Vec<String> = dataset.issues.iter().map(|i| i.to_string()).collect();
         let regions = read_optional(&project, files::REGIONS, &mut problems)?;
         let candidates = read_optional(&project, files::CANDIDATES, &mut problems)?;
@@ -168,7 +183,10 @@ impl Workspace {
             dataset,
             regions,
             candidates,
-            scores: scores.into_iter().map(|s| (s.candidate_id.clone(), s)).collect(),
+            scores: scores
+                .into_iter()
+                .map(|s| (s.candidate_id.clone(), s))
+                .collect(),
             marks,
             problems,
             object_ids,
@@ -184,7 +202,9 @@ impl Workspace {
 
     /// Indices of the regions of image `image_id`.
     pub fn regions_of(&self, image_id: u64) -> Vec<usize> {
-        (0..self.regions.len()).filter(|&i| self.regions[i].image_id == image_id).collect()
+        (0..self.regions.len())
+            .filter(|&i| self.regions[i].image_id == image_id)
+            .collect()
     }
 
     /// Index of region `query_id`.
@@ -194,7 +214,9 @@ impl Workspace {
 
     /// Indices of the candidates of `query_id`.
     pub fn candidates_of(&self, query_id: &str) -> Vec<usize> {
-        (0..self.candidates.len()).filter(|&i| self.candidates[i].query_id == query_id).collect()
+        (0..self.candidates.len())
+            .filter(|&i| self.candidates[i].query_id == query_id)
+            .collect()
     }
 
     /// Index of candidate `id`.
@@ -237,7 +259,12 @@ impl Workspace {
                     semantic: stored.and_then(|s| s.semantic),
                     localization: loc.score,
                 };
-                Ranked { candidate: ci, composite: components.composite(lambda), components, loc }
+                Ranked {
+                    candidate: ci,
+                    composite: components.composite(lambda),
+                    components,
+                    loc,
+                }
             })
             .collect();
         out.sort_by(|a, b| b.composite.total_cmp(&a.composite));
@@ -246,10 +273,16 @@ impl Workspace {
 
     /// The effective chosen and rejected candidate indices of a query: the
     /// hand-set marks, else the automatic best and worst at `lambda`.
-    pub fn chosen_rejected(&self, query_id: &str, lambda: f32, match_iou: f32) -> (Option<usize>, Option<usize>) {
+    pub fn chosen_rejected(
+        &self,
+        query_id: &str,
+        lambda: f32,
+        match_iou: f32,
+    ) -> (Option<usize>, Option<usize>) {
         let ranking = self.ranking(query_id, lambda, match_iou);
         let comps: Vec<Components> = ranking.iter().map(|r| r.components).collect();
-        let auto = scores::select_pair(&comps, lambda).map(|(b, w)| (ranking[b].candidate, ranking[w].candidate));
+        let auto = scores::select_pair(&comps, lambda)
+            .map(|(b, w)| (ranking[b].candidate, ranking[w].candidate));
         let mark = self.mark_of(query_id);
         let find = |id: Option<&String>| id.and_then(|id| self.candidate_index(id));
         (
@@ -272,7 +305,12 @@ impl Workspace {
             .map(|o| self.dataset.objects.bbox[o])
             .collect();
         let parsed = pipeline::parse_candidate(c, region);
-        let refined = scores::refine(&parsed.text, &gt, &annotations, self.project.config.scoring.match_iou);
+        let refined = scores::refine(
+            &parsed.text,
+            &gt,
+            &annotations,
+            self.project.config.scoring.match_iou,
+        );
         Some(render_in_frame(&refined, c, region))
     }
 
@@ -291,7 +329,11 @@ impl Workspace {
             i += 1;
             out
         });
-        Some(Edit::SetText { id: c.id.clone(), before: c.text.clone(), after: render_in_frame(&moved, c, region) })
+        Some(Edit::SetText {
+            id: c.id.clone(),
+            before: c.text.clone(),
+            after: render_in_frame(&moved, c, region),
+        })
     }
 
     /// Mean, over the image's regions, of the localization score of each
@@ -301,7 +343,11 @@ impl Workspace {
         let tops: Vec<f32> = self
             .regions_of(image_id)
             .iter()
-            .filter_map(|&r| self.ranking(&self.regions[r].id, lambda, match_iou).first().map(|t| t.loc.score))
+            .filter_map(|&r| {
+                self.ranking(&self.regions[r].id, lambda, match_iou)
+                    .first()
+                    .map(|t| t.loc.score)
+            })
             .collect();
         (!tops.is_empty()).then(|| tops.iter().sum::<f32>() / tops.len() as f32)
     }
@@ -310,7 +356,11 @@ impl Workspace {
     /// it to [`Workspace::apply`] as [`Edit::AddRegion`]).
     pub fn manual_region(&self, image: usize, region: Bbox) -> RegionRecord {
         let info = &self.dataset.images[image];
-        let k = self.regions.iter().filter(|r| r.image_id == info.id && r.id.contains("-m")).count();
+        let k = self
+            .regions
+            .iter()
+            .filter(|r| r.image_id == info.id && r.id.contains("-m"))
+            .count();
         let mut k = k;
         loop {
             let rec = pipeline::manual_region(
@@ -333,10 +383,21 @@ impl Workspace {
     pub fn random_region(&self, image: usize, seed: u64) -> Option<RegionRecord> {
         let pre = self.project.config.dataset.preprocess();
         let usable = self.dataset.usable_objects(image, &pre);
-        let boxes: Vec<Bbox> = usable.iter().map(|&o| self.dataset.objects.bbox[o]).collect();
+        let boxes: Vec<Bbox> = usable
+            .iter()
+            .map(|&o| self.dataset.objects.bbox[o])
+            .collect();
         let info = &self.dataset.images[image];
-        let cfg = RegionConfig { seed, per_image: 8, ..self.project.config.regions };
-        let taken: Vec<Bbox> = self.regions_of(info.id).iter().map(|&r| self.regions[r].region).collect();
+        let cfg = RegionConfig {
+            seed,
+            per_image: 8,
+            ..self.project.config.regions
+        };
+        let taken: Vec<Bbox> = self
+            .regions_of(info.id)
+            .iter()
+            .map(|&r| self.regions[r].region)
+            .collect();
         let q = sample_regions(&boxes, info.width as f32, info.height as f32, &cfg, info.id)
             .into_iter()
             .find(|q| !taken.contains(&q.region))?;
@@ -354,7 +415,11 @@ impl Workspace {
             region: q.region,
             crop: q.crop,
             seed_object: Some(self.dataset.objects.id[usable[q.seed]]),
-            objects: q.objects.iter().map(|&i| self.dataset.objects.id[usable[i]]).collect(),
+            objects: q
+                .objects
+                .iter()
+                .map(|&i| self.dataset.objects.id[usable[i]])
+                .collect(),
             source: project::RegionSource::Random,
         })
     }
@@ -391,7 +456,11 @@ impl Workspace {
             MarkKind::Rejected => after.rejected = candidate,
         }
         let after = (after.chosen.is_some() || after.rejected.is_some()).then_some(after);
-        Edit::SetMark { query_id: query_id.to_string(), before, after }
+        Edit::SetMark {
+            query_id: query_id.to_string(),
+            before,
+            after,
+        }
     }
 
     /// Apply an edit, record it for undo, and save the files it touches.
@@ -404,7 +473,9 @@ impl Workspace {
 
     /// Undo the last edit; `false` when there is none.
     pub fn undo(&mut self) -> Result<bool, ProjectError> {
-        let Some(edit) = self.undo.pop() else { return Ok(false) };
+        let Some(edit) = self.undo.pop() else {
+            return Ok(false);
+        };
         match edit.inverse() {
             Inverse::RemoveRegion(id) => {
                 self.regions.retain(|r| r.id != id);
@@ -424,7 +495,9 @@ impl Workspace {
 
     /// Redo the last undone edit; `false` when there is none.
     pub fn redo(&mut self) -> Result<bool, ProjectError> {
-        let Some(edit) = self.redo.pop() else { return Ok(false) };
+        let Some(edit) = self.redo.pop() else {
+            return Ok(false);
+        };
         self.apply_raw(&edit)?;
         self.undo.push(edit);
         Ok(true)
@@ -460,7 +533,9 @@ impl Workspace {
                 self.save(files::CANDIDATES)?;
                 self.save(files::SCORES)
             }
-            Edit::SetMark { query_id, after, .. } => {
+            Edit::SetMark {
+                query_id, after, ..
+            } => {
                 self.marks.retain(|m| &m.query_id != query_id);
                 if let Some(m) = after {
                     self.marks.push(m.clone());
@@ -473,7 +548,9 @@ impl Workspace {
     /// Recompute the localization components of one candidate. A changed
     /// text makes a stored semantic score stale, so it is dropped.
     fn rescore(&mut self, candidate_id: &str) {
-        let Some(ci) = self.candidate_index(candidate_id) else { return };
+        let Some(ci) = self.candidate_index(candidate_id) else {
+            return;
+        };
         let c = &self.candidates[ci];
         let Some(region) = self.region_index(&c.query_id).map(|i| &self.regions[i]) else {
             return;
@@ -505,8 +582,11 @@ impl Workspace {
             files::MARKS => project::write_jsonl(&path, &self.marks),
             _ => {
                 // Scores in candidate order, so the file is stable.
-                let ordered: Vec<&ScoreRecord> =
-                    self.candidates.iter().filter_map(|c| self.scores.get(&c.id)).collect();
+                let ordered: Vec<&ScoreRecord> = self
+                    .candidates
+                    .iter()
+                    .filter_map(|c| self.scores.get(&c.id))
+                    .collect();
                 project::write_jsonl(&path, &ordered)
             }
         }
@@ -516,8 +596,11 @@ impl Workspace {
     pub fn pairs(&self, lambda: f32) -> (Vec<PairRecord>, PairStats, Vec<StageIssue>) {
         let mut scoring = self.project.config.scoring.clone();
         scoring.lambda = lambda;
-        let scores: Vec<ScoreRecord> =
-            self.candidates.iter().filter_map(|c| self.scores.get(&c.id).cloned()).collect();
+        let scores: Vec<ScoreRecord> = self
+            .candidates
+            .iter()
+            .filter_map(|c| self.scores.get(&c.id).cloned())
+            .collect();
         pipeline::build_pairs(
             &self.dataset,
             &self.regions,
@@ -591,11 +674,19 @@ mod tests {
         assert_eq!(ws.scores[&c.id].localization, 0.0);
         // Editing its text re-scores it.
         let precise = ws.candidates[ws.candidates_of(&q)[0]].text.clone();
-        ws.apply(Edit::SetText { id: c.id.clone(), before: c.text.clone(), after: precise }).unwrap();
+        ws.apply(Edit::SetText {
+            id: c.id.clone(),
+            before: c.text.clone(),
+            after: precise,
+        })
+        .unwrap();
         assert!(ws.scores[&c.id].localization > 0.9);
         assert!(ws.undo().unwrap());
         assert_eq!(ws.scores[&c.id].localization, 0.0);
-        assert_eq!(Workspace::open(&dir).unwrap().scores[&c.id].localization, 0.0);
+        assert_eq!(
+            Workspace::open(&dir).unwrap().scores[&c.id].localization,
+            0.0
+        );
     }
 
     #[test]
@@ -627,8 +718,18 @@ mod tests {
         let r95 = ws.ranking(&q, 0.8, 0.95);
         assert_eq!(r5.len(), 6);
         // At IoU 0.95 the jittered candidate no longer matches anything.
-        let jit = |r: &[Ranked]| r.iter().find(|x| ws.candidates[x.candidate].source.ends_with("jittered")).unwrap().loc.score;
+        let jit = |r: &[Ranked]| {
+            r.iter()
+                .find(|x| ws.candidates[x.candidate].source.ends_with("jittered"))
+                .unwrap()
+                .loc
+                .score
+        };
         assert!(jit(&r5) > 0.3 && jit(&r95) < jit(&r5));
-        assert!(ws.image_localization(ws.regions[0].image_id, 0.8, 0.5).unwrap() > 0.9);
+        assert!(
+            ws.image_localization(ws.regions[0].image_id, 0.8, 0.5)
+                .unwrap()
+                > 0.9
+        );
     }
 }

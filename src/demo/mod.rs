@@ -56,15 +56,23 @@ pub struct DemoConfig {
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        Self { images: 40, width: 384, height: 288, seed: 2025 }
+        Self {
+            images: 40,
+            width: 384,
+            height: 288,
+            seed: 2025,
+        }
     }
 }
 
 /// The shapes drawn.
 const SHAPES: [&str; 4] = ["circle", "square", "triangle", "diamond"];
 /// The colours, with their RGB values.
-const COLOURS: [(&str, [u8; 3]); 3] =
-    [("red", [214, 48, 49]), ("green", [39, 174, 96]), ("blue", [41, 98, 255])];
+const COLOURS: [(&str, [u8; 3]); 3] = [
+    ("red", [214, 48, 49]),
+    ("green", [39, 174, 96]),
+    ("blue", [41, 98, 255]),
+];
 
 /// Category names in id order (ids start at 1): "red circle", ….
 pub fn category_names() -> Vec<String> {
@@ -124,7 +132,7 @@ fn inside_shape(shape: usize, b: Bbox, x: f32, y: f32) -> bool {
     match SHAPES[shape] {
         "circle" => u * u + v * v <= 1.0,
         "square" => u.abs() <= 1.0 && v.abs() <= 1.0,
-        "triangle" => v >= -1.0 && v <= 1.0 && u.abs() <= (v + 1.0) * 0.5,
+        "triangle" => (-1.0..=1.0).contains(&v) && u.abs() <= (v + 1.0) * 0.5,
         _ => u.abs() + v.abs() <= 1.0,
     }
 }
@@ -140,7 +148,11 @@ fn draw(img: &mut RgbImage, s: &Shape) {
             if inside_shape(shape, s.bbox, fx, fy) {
                 // A darker rim reads as an outline.
                 let rim = !inside_shape(shape, s.bbox.expand(0.85), fx, fy);
-                let c = if rim { colour.map(|v| (v as f32 * 0.6) as u8) } else { colour };
+                let c = if rim {
+                    colour.map(|v| (v as f32 * 0.6) as u8)
+                } else {
+                    colour
+                };
                 img.put_pixel(x, y, Rgb(c));
             }
         }
@@ -148,7 +160,11 @@ fn draw(img: &mut RgbImage, s: &Shape) {
 }
 
 fn background(cfg: &DemoConfig, rng: &mut SplitMix64) -> RgbImage {
-    let tint = [rng.range_f32(225.0, 245.0), rng.range_f32(225.0, 245.0), rng.range_f32(220.0, 240.0)];
+    let tint = [
+        rng.range_f32(225.0, 245.0),
+        rng.range_f32(225.0, 245.0),
+        rng.range_f32(220.0, 240.0),
+    ];
     RgbImage::from_fn(cfg.width, cfg.height, |x, y| {
         // A soft diagonal gradient with a faint checker texture.
         let g = (x + y) as f32 / (cfg.width + cfg.height) as f32 * 18.0;
@@ -164,7 +180,10 @@ fn place(rng: &mut SplitMix64, placed: &[Shape], w: f32, h: f32, lo: f32, hi: f3
         let x = rng.range_f32(1.0, w - bw - 1.0).round();
         let y = rng.range_f32(1.0, h - bh - 1.0).round();
         let b = Bbox::from_xywh(x, y, bw, bh);
-        if placed.iter().all(|p| p.bbox.intersection(b).area() < 0.05 * b.area().min(p.bbox.area())) {
+        if placed
+            .iter()
+            .all(|p| p.bbox.intersection(b).area() < 0.05 * b.area().min(p.bbox.area()))
+        {
             return Some(b);
         }
     }
@@ -179,13 +198,21 @@ fn scene(cfg: &DemoConfig, index: usize) -> (RgbImage, Vec<Shape>) {
     let mut shapes: Vec<Shape> = Vec::new();
     for _ in 0..n {
         if let Some(bbox) = place(&mut rng, &shapes, w, h, 24.0, 62.0) {
-            shapes.push(Shape { category: rng.below(12), bbox, crowd: false });
+            shapes.push(Shape {
+                category: rng.below(12),
+                bbox,
+                crowd: false,
+            });
         }
     }
     // One or two objects below SPR's area limit (300 px²).
     for _ in 0..1 + rng.below(2) {
         if let Some(bbox) = place(&mut rng, &shapes, w, h, 9.0, 14.0) {
-            shapes.push(Shape { category: rng.below(12), bbox, crowd: false });
+            shapes.push(Shape {
+                category: rng.below(12),
+                bbox,
+                crowd: false,
+            });
         }
     }
     // Every fifth scene has a crowd: a cluster of small same-category dots
@@ -194,10 +221,24 @@ fn scene(cfg: &DemoConfig, index: usize) -> (RgbImage, Vec<Shape>) {
         if let Some(area) = place(&mut rng, &shapes, w, h, 40.0, 50.0) {
             let category = rng.below(12);
             for k in 0..9 {
-                let (cx, cy) = (area.x1 + 7.0 + (k % 3) as f32 * 13.0, area.y1 + 7.0 + (k / 3) as f32 * 13.0);
-                draw(&mut img, &Shape { category, bbox: Bbox::new(cx - 5.0, cy - 5.0, cx + 5.0, cy + 5.0), crowd: true });
+                let (cx, cy) = (
+                    area.x1 + 7.0 + (k % 3) as f32 * 13.0,
+                    area.y1 + 7.0 + (k / 3) as f32 * 13.0,
+                );
+                draw(
+                    &mut img,
+                    &Shape {
+                        category,
+                        bbox: Bbox::new(cx - 5.0, cy - 5.0, cx + 5.0, cy + 5.0),
+                        crowd: true,
+                    },
+                );
             }
-            shapes.push(Shape { category, bbox: area, crowd: true });
+            shapes.push(Shape {
+                category,
+                bbox: area,
+                crowd: true,
+            });
         }
     }
     for s in shapes.iter().filter(|s| !s.crowd) {
@@ -227,9 +268,16 @@ fn sentence(items: &[(String, Bbox, &'static str)]) -> GroundedText {
     let mut pieces = vec![Piece::Text("This part of the picture shows ".into())];
     for (i, (phrase, b, place)) in items.iter().enumerate() {
         if i > 0 {
-            pieces.push(Piece::Text(if i + 1 == items.len() { " and ".into() } else { ", ".into() }));
+            pieces.push(Piece::Text(if i + 1 == items.len() {
+                " and ".into()
+            } else {
+                ", ".into()
+            }));
         }
-        pieces.push(Piece::Object { phrase: phrase.clone(), boxes: vec![*b] });
+        pieces.push(Piece::Object {
+            phrase: phrase.clone(),
+            boxes: vec![*b],
+        });
         pieces.push(Piece::Text(format!(" {place}")));
     }
     pieces.push(Piece::Text(".".into()));
@@ -237,7 +285,9 @@ fn sentence(items: &[(String, Bbox, &'static str)]) -> GroundedText {
 }
 
 /// The demo's candidate kinds, in the order they are written.
-pub const KINDS: [&str; 6] = ["precise", "jittered", "partial", "wrong", "invented", "vague"];
+pub const KINDS: [&str; 6] = [
+    "precise", "jittered", "partial", "wrong", "invented", "vague",
+];
 
 fn candidates_for(
     region: &RegionRecord,
@@ -262,7 +312,11 @@ fn candidates_for(
         .map(|(p, b, w)| {
             let mut d = || {
                 let m = rng.range_f32(3.0, 8.0).round();
-                if rng.below(2) == 0 { -m } else { m }
+                if rng.below(2) == 0 {
+                    -m
+                } else {
+                    m
+                }
             };
             let j = Bbox::new(b.x1 + d(), b.y1 + d(), b.x2 + d(), b.y2 + d());
             let j = if j.is_valid() { j } else { *b };
@@ -286,7 +340,10 @@ fn candidates_for(
         .iter()
         .enumerate()
         .map(|(i, (p, _, w))| {
-            let b = outside.get(i).copied().unwrap_or(exact[(i + 1) % exact.len()].1);
+            let b = outside
+                .get(i)
+                .copied()
+                .unwrap_or(exact[(i + 1) % exact.len()].1);
             (p.clone(), b, *w)
         })
         .collect();
@@ -304,7 +361,10 @@ fn candidates_for(
     }
     texts.push(("invented", sentence(&invented)));
     let colours: Vec<&str> = {
-        let mut c: Vec<&str> = objects.iter().filter_map(|(p, _)| p.split(' ').nth(1)).collect();
+        let mut c: Vec<&str> = objects
+            .iter()
+            .filter_map(|(p, _)| p.split(' ').nth(1))
+            .collect();
         c.sort_unstable();
         c.dedup();
         c
@@ -315,8 +375,12 @@ fn candidates_for(
     );
     let mut out = Vec::new();
     for (kind, text) in texts {
-        let rendered =
-            grounded::render(&text.crop_from_image(crop), BoxFormat::Ferret, crop.width(), crop.height());
+        let rendered = grounded::render(
+            &text.crop_from_image(crop),
+            BoxFormat::Ferret,
+            crop.width(),
+            crop.height(),
+        );
         out.push((kind, rendered));
     }
     out.push(("vague", vague));
@@ -367,8 +431,11 @@ localization component only: no semantic (CLIP) scorer has run, so
 /// files are overwritten).
 pub fn generate(out: &Path, cfg: &DemoConfig) -> anyhow::Result<DemoSummary> {
     let images_dir = out.join("images");
-    std::fs::create_dir_all(&images_dir).with_context(|| format!("creating {}", images_dir.display()))?;
-    let names: Vec<String> = (0..cfg.images).map(|i| format!("scene_{:03}.png", i + 1)).collect();
+    std::fs::create_dir_all(&images_dir)
+        .with_context(|| format!("creating {}", images_dir.display()))?;
+    let names: Vec<String> = (0..cfg.images)
+        .map(|i| format!("scene_{:03}.png", i + 1))
+        .collect();
     let scenes: Vec<(RgbImage, Vec<Shape>)> = (0..cfg.images).map(|i| scene(cfg, i)).collect();
     let mut coco = CocoFile {
         info: serde_json::json!({
@@ -381,14 +448,23 @@ pub fn generate(out: &Path, cfg: &DemoConfig) -> anyhow::Result<DemoSummary> {
         categories: category_names()
             .into_iter()
             .enumerate()
-            .map(|(i, name)| CocoCategory { id: i as u64 + 1, name, supercategory: "shape" })
+            .map(|(i, name)| CocoCategory {
+                id: i as u64 + 1,
+                name,
+                supercategory: "shape",
+            })
             .collect(),
     };
     let mut next_ann = 1u64;
     for (i, ((img, shapes), name)) in scenes.iter().zip(&names).enumerate() {
         crate::core::imageio::save_png(img, &images_dir.join(name))?;
         let image_id = i as u64 + 1;
-        coco.images.push(CocoImage { id: image_id, file_name: name, width: cfg.width, height: cfg.height });
+        coco.images.push(CocoImage {
+            id: image_id,
+            file_name: name,
+            width: cfg.width,
+            height: cfg.height,
+        });
         for s in shapes {
             coco.annotations.push(CocoAnnotation {
                 id: next_ann,
@@ -419,20 +495,36 @@ pub fn generate(out: &Path, cfg: &DemoConfig) -> anyhow::Result<DemoSummary> {
             min_area: 300.0,
             min_objects: 9,
         },
-        regions: RegionConfig { seed: cfg.seed, per_image: 2, ..Default::default() },
-        model: ModelConfig { format: BoxFormat::Ferret },
+        regions: RegionConfig {
+            seed: cfg.seed,
+            per_image: 2,
+            ..Default::default()
+        },
+        model: ModelConfig {
+            format: BoxFormat::Ferret,
+        },
         scoring: ScoringConfig::default(),
         export: ExportConfig::default(),
     };
     let project = Project::create(out, config)?;
-    let ds = Dataset::load(&project.annotations_path(), &project.image_root(), &LoadOptions::default())?;
-    anyhow::ensure!(ds.issues.is_empty(), "demo dataset has issues: {}", ds.issues[0]);
+    let ds = Dataset::load(
+        &project.annotations_path(),
+        &project.image_root(),
+        &LoadOptions::default(),
+    )?;
+    anyhow::ensure!(
+        ds.issues.is_empty(),
+        "demo dataset has issues: {}",
+        ds.issues[0]
+    );
     let pre = project.config.dataset.preprocess();
     let regions = pipeline::build_regions(&ds, &pre, &project.config.regions, &|_| {});
     let ids = pipeline::object_ids(&ds);
     let mut rng = SplitMix64::for_stream(cfg.seed, u64::MAX);
-    let candidates: Vec<CandidateRecord> =
-        regions.iter().flat_map(|r| candidates_for(r, &ds, &ids, &mut rng)).collect();
+    let candidates: Vec<CandidateRecord> = regions
+        .iter()
+        .flat_map(|r| candidates_for(r, &ds, &ids, &mut rng))
+        .collect();
     let (scores, issues) = pipeline::score_candidates(
         &ds,
         &regions,

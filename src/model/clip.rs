@@ -107,12 +107,14 @@ pub struct ClipVisionTower {
     position_embedding: Tensor,
     pre_layrnorm: LayerNorm,
     layers: Vec<EncoderLayer>,
+    post_layernorm: Option<LayerNorm>,
     cfg: ClipVisionConfig,
 }
 
 impl ClipVisionTower {
-    /// Loads every layer from `vb` (holding `embeddings.*`,
-    /// `pre_layrnorm.*`, `encoder.layers.N.*`).
+    /// Loads every layer and `post_layernorm` from `vb` (holding
+    /// `embeddings.*`, `pre_layrnorm.*`, `encoder.layers.N.*`,
+    /// `post_layernorm.*`).
     pub fn new(vb: VarBuilder, cfg: &ClipVisionConfig) -> candle_core::Result<Self> {
         Self::new_truncated(vb, cfg, cfg.num_hidden_layers)
     }
@@ -140,7 +142,17 @@ impl ClipVisionTower {
         let layers = (0..num_layers.min(cfg.num_hidden_layers))
             .map(|i| EncoderLayer::new(vb.pp("encoder").pp("layers").pp(i), cfg))
             .collect::<candle_core::Result<Vec<_>>>()?;
+        let post_layernorm = if num_layers >= cfg.num_hidden_layers {
+            Some(candle_nn::layer_norm(
+                h,
+                cfg.layer_norm_eps,
+                vb.pp("post_layernorm"),
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
+            post_layernorm,
             patch_weight,
             class_embedding,
             position_embedding,
@@ -207,6 +219,18 @@ impl ClipVisionTower {
             out.push(xs.clone());
         }
         Ok(out)
+    }
+
+    /// CLIP's pooled output: `post_layernorm` of the last layer's class
+    /// token, `(b, hidden)`. Needs a tower loaded with [`Self::new`].
+    pub fn pooled(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor> {
+        let Some(norm) = &self.post_layernorm else {
+            candle_core::bail!(
+                "the vision tower was loaded without its last layers and post_layernorm"
+            );
+        };
+        let last = self.hidden_state(pixel_values, self.layers.len())?;
+        norm.forward(&last.narrow(1, 0, 1)?.squeeze(1)?)
     }
 
     /// The single hidden state `index` (0 = embeddings).

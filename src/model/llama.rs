@@ -24,7 +24,7 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::{Activation, LlamaConfig};
-use super::lora::{LoraAdapter, LoraConfig, LoraLinear, TargetModule};
+use super::lora::{AdapterMode, LoraAdapter, LoraConfig, LoraLinear, TargetModule};
 use super::{ModelError, Result};
 use crate::core::rng::SplitMix64;
 
@@ -211,7 +211,7 @@ impl Attention {
         rope: (&Tensor, &Tensor),
         mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
-        lora: bool,
+        lora: AdapterMode,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -282,7 +282,7 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, xs: &Tensor, lora: bool) -> candle_core::Result<Tensor> {
+    fn forward(&self, xs: &Tensor, lora: AdapterMode) -> candle_core::Result<Tensor> {
         let gate = self.act.apply(&self.gate_proj.forward(xs, lora)?)?;
         let up = self.up_proj.forward(xs, lora)?;
         self.down_proj.forward(&(gate * up)?, lora)
@@ -345,7 +345,7 @@ impl DecoderLayer {
         rope: (&Tensor, &Tensor),
         mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
-        lora: bool,
+        lora: AdapterMode,
     ) -> candle_core::Result<Tensor> {
         let h = self.input_layernorm.forward(xs)?;
         let h = self.self_attn.forward(&h, rope, mask, cache, lora)?;
@@ -413,6 +413,7 @@ pub struct Llama {
     rotary: Rotary,
     cfg: LlamaConfig,
     adapters_enabled: bool,
+    grad_enabled: bool,
 }
 
 impl Llama {
@@ -444,6 +445,7 @@ impl Llama {
             rotary,
             cfg: cfg.clone(),
             adapters_enabled: true,
+            grad_enabled: true,
         })
     }
 
@@ -484,7 +486,26 @@ impl Llama {
         &self,
         embeds: &Tensor,
         attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.run(embeds, attention_mask, cache, self.adapter_mode())
+    }
+
+    /// The adapter mode the switches select.
+    pub fn adapter_mode(&self) -> AdapterMode {
+        match (self.adapters_enabled, self.grad_enabled) {
+            (false, _) => AdapterMode::Off,
+            (true, true) => AdapterMode::Train,
+            (true, false) => AdapterMode::Infer,
+        }
+    }
+
+    fn run(
+        &self,
+        embeds: &Tensor,
+        attention_mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
+        mode: AdapterMode,
     ) -> Result<Tensor> {
         let (b, t, _) = embeds.dims3()?;
         let past = cache.as_ref().map(|c| c.seq_len()).unwrap_or(0);
@@ -520,13 +541,7 @@ impl Llama {
         let mut xs = embeds.to_dtype(self.dtype())?;
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            xs = layer.forward(
-                &xs,
-                (&cos, &sin),
-                mask.as_ref(),
-                slot,
-                self.adapters_enabled,
-            )?;
+            xs = layer.forward(&xs, (&cos, &sin), mask.as_ref(), slot, mode)?;
         }
         Ok(self.norm.forward(&xs)?)
     }
@@ -637,6 +652,18 @@ impl Llama {
         self.adapters_enabled
     }
 
+    /// With `false`, adapters (when enabled) are used detached: forward
+    /// passes keep no gradient graph and use the fused kernels, like
+    /// `torch.no_grad()`. Default `true`. Generation is always detached.
+    pub fn set_grad_enabled(&mut self, enabled: bool) {
+        self.grad_enabled = enabled;
+    }
+
+    /// Whether forward passes track gradients of the adapters.
+    pub fn grad_enabled(&self) -> bool {
+        self.grad_enabled
+    }
+
     /// Folds every adapter into its base weight and removes it.
     pub fn merge_adapters(&mut self) -> Result<()> {
         for layer in self.layers.iter_mut() {
@@ -705,7 +732,12 @@ impl Llama {
                 (b, mask[0].len()),
                 self.device(),
             )?;
-            let hidden = self.forward_hidden(&step_embeds, Some(&mask_t), Some(&mut cache))?;
+            let mode = if self.adapters_enabled {
+                AdapterMode::Infer
+            } else {
+                AdapterMode::Off
+            };
+            let hidden = self.run(&step_embeds, Some(&mask_t), Some(&mut cache), mode)?;
             let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?;
             let logits = self.lm_head(&last)?.squeeze(1)?.to_dtype(DType::F32)?;
             let rows = logits.to_vec2::<f32>()?;

@@ -23,10 +23,12 @@
 //! (`model.language_model...`, `model.vision_tower...`, `lm_head`) are
 //! accepted too: the loader detects the layout and renames.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use super::clip::{cat_features, ClipVisionTower, Projector};
@@ -40,6 +42,7 @@ use super::lora::{
 use super::processor::ImageProcessor;
 use super::tokenizer::LlavaTokenizer;
 use super::{default_dtype, ModelError, Result};
+use crate::core::rng::SplitMix64;
 
 /// Canonical (llava-hf hub) prefixes and the alternatives other writers use,
 /// probed with a tensor every layout has.
@@ -106,6 +109,20 @@ impl Llava {
     /// (`language_model.*`, `vision_tower.vision_model.*`,
     /// `multi_modal_projector.*`).
     pub fn new(vb: VarBuilder, cfg: &LlavaConfig) -> candle_core::Result<Self> {
+        Self::build(vb, cfg, false)
+    }
+
+    /// Like [`Self::new`] but also loads the vision layers past the feature
+    /// layer, which LLaVA never runs (used to enumerate a full checkpoint).
+    fn new_full(vb: VarBuilder, cfg: &LlavaConfig) -> candle_core::Result<Self> {
+        Self::build(vb, cfg, true)
+    }
+
+    fn build(
+        vb: VarBuilder,
+        cfg: &LlavaConfig,
+        all_vision_layers: bool,
+    ) -> candle_core::Result<Self> {
         cfg.validate().map_err(candle_core::Error::Msg)?;
         let v = &cfg.vision_config;
         let num_states = v.num_hidden_layers as i64 + 1;
@@ -121,7 +138,11 @@ impl Llava {
                 }
             })
             .collect();
-        let needed = feature_layers.iter().copied().max().unwrap_or(0);
+        let needed = if all_vision_layers {
+            v.num_hidden_layers
+        } else {
+            feature_layers.iter().copied().max().unwrap_or(0)
+        };
         let vision =
             ClipVisionTower::new_truncated(vb.pp("vision_tower").pp("vision_model"), v, needed)?;
         let projector = Projector::new(
@@ -374,6 +395,12 @@ impl Llava {
         self.lm.adapters_enabled()
     }
 
+    /// `false`: forward passes keep no gradient graph (evaluation); see
+    /// [`Llama::set_grad_enabled`].
+    pub fn set_grad_enabled(&mut self, enabled: bool) {
+        self.lm.set_grad_enabled(enabled);
+    }
+
     /// The trainable variables (every adapter's `A` then `B`, layer by
     /// layer), for the optimizer.
     pub fn trainable_vars(&self) -> Vec<Var> {
@@ -489,6 +516,123 @@ impl Llava {
     }
 }
 
+/// Records the names and shapes a model asks for, answering with zeros.
+struct ShapeRecorder(Arc<Mutex<Vec<(String, Vec<usize>)>>>);
+
+impl SimpleBackend for ShapeRecorder {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        if let Ok(mut seen) = self.0.lock() {
+            seen.push((name.to_string(), s.dims().to_vec()));
+        }
+        Tensor::zeros(s, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("{name}: the shape recorder needs a shape")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        false
+    }
+}
+
+/// Freshly initialised weights for `cfg` under llava-hf's tensor names, as
+/// transformers initialises them (`initializer_range` 0.02 normals for
+/// linears and embeddings, LayerNorm/RMSNorm weights 1, biases 0), drawn
+/// from `seed`. For tiny models (demo, tests, benchmarks): build with
+/// `Llava::new(VarBuilder::from_tensors(..), cfg)` or write a folder with
+/// [`save_model`].
+pub fn random_weights(
+    cfg: &LlavaConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let vb = VarBuilder::from_backend(
+        Box::new(ShapeRecorder(seen.clone())),
+        DType::F32,
+        device.clone(),
+    );
+    Llava::new_full(vb, cfg)?;
+    let shapes = seen
+        .lock()
+        .map_err(|_| ModelError::Input("shape recorder poisoned".into()))?
+        .clone();
+    let mut rng = SplitMix64::new(seed);
+    let mut out = HashMap::new();
+    for (name, shape) in shapes {
+        let n: usize = shape.iter().product();
+        let is_norm = name.contains("norm") || name.contains("layrnorm");
+        let data: Vec<f32> = if name.ends_with(".bias") {
+            vec![0.0; n]
+        } else if is_norm {
+            vec![1.0; n]
+        } else {
+            let std = if name.ends_with("class_embedding") {
+                (cfg.vision_config.hidden_size as f32).powf(-0.5)
+            } else {
+                0.02
+            };
+            (0..n).map(|_| std * standard_normal(&mut rng)).collect()
+        };
+        out.insert(name, Tensor::from_vec(data, shape, device)?);
+    }
+    Ok(out)
+}
+
+/// A standard normal draw (Box–Muller).
+fn standard_normal(rng: &mut SplitMix64) -> f32 {
+    let u1 = (rng.next_f32() as f64).max(1e-12);
+    let u2 = rng.next_f32() as f64;
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+/// Writes a model folder transformers and [`Llava::load`] read:
+/// `config.json` (with the `model_type`s transformers needs) and
+/// `model.safetensors`.
+pub fn save_model(dir: &Path, cfg: &LlavaConfig, weights: &HashMap<String, Tensor>) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let config_path = dir.join("config.json");
+    let json_err = |source| ModelError::Json {
+        path: config_path.clone(),
+        source,
+    };
+    let mut json = serde_json::to_value(cfg).map_err(json_err)?;
+    if let Some(obj) = json.as_object_mut() {
+        obj.insert("model_type".into(), "llava".into());
+        obj.insert(
+            "architectures".into(),
+            serde_json::json!(["LlavaForConditionalGeneration"]),
+        );
+        if let Some(t) = obj.get_mut("text_config").and_then(|v| v.as_object_mut()) {
+            t.insert("model_type".into(), "llama".into());
+        }
+        if let Some(v) = obj.get_mut("vision_config").and_then(|v| v.as_object_mut()) {
+            v.insert("model_type".into(), "clip_vision_model".into());
+        }
+    }
+    let text = serde_json::to_string_pretty(&json).map_err(json_err)?;
+    std::fs::write(&config_path, text + "\n").map_err(|source| ModelError::Io {
+        path: config_path.clone(),
+        source,
+    })?;
+    let weights_path = dir.join(super::hub::WEIGHTS_FILE);
+    candle_core::safetensors::save(weights, &weights_path).map_err(|source| ModelError::Weights {
+        path: weights_path.clone(),
+        source,
+    })
+}
+
 /// A loaded model with its tokenizer and image processor: what the trainer
 /// and the evaluator start from.
 #[derive(Debug, Clone)]
@@ -540,6 +684,42 @@ impl LlavaBundle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_model_saves_and_loads() {
+        let cfg: LlavaConfig = serde_json::from_value(serde_json::json!({
+            "text_config": {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 64},
+            "vision_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+                "num_attention_heads": 2, "image_size": 28, "patch_size": 14},
+            "image_token_index": 63
+        }))
+        .unwrap();
+        let dev = Device::Cpu;
+        let w = random_weights(&cfg, 1, &dev).unwrap();
+        // Both vision layers and the post-layernorm are part of a full checkpoint.
+        assert!(w.contains_key("vision_tower.vision_model.encoder.layers.1.mlp.fc2.weight"));
+        assert!(w.contains_key("vision_tower.vision_model.post_layernorm.bias"));
+        assert!(w.contains_key("language_model.lm_head.weight"));
+        let dir = tempfile::tempdir().unwrap();
+        save_model(dir.path(), &cfg, &w).unwrap();
+        let loaded = Llava::load(dir.path(), &dev, DType::F32).unwrap();
+        let direct = Llava::new(VarBuilder::from_tensors(w, DType::F32, &dev), &cfg).unwrap();
+        let px = Tensor::ones((1, 3, 28, 28), DType::F32, &dev).unwrap();
+        let ids = Tensor::new(&[[1u32, 63, 63, 63, 63, 5, 9]], &dev).unwrap();
+        let f = loaded.image_features(&px).unwrap();
+        let a = loaded.forward(&ids, Some(&f), None).unwrap();
+        let b = direct.forward(&ids, Some(&f), None).unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0);
+    }
 
     #[test]
     fn layouts_are_detected() {

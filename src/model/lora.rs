@@ -30,7 +30,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::backend::BackendStorage;
+use candle_core::{DType, Device, Layout, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::{ModelError, Result};
@@ -292,25 +293,45 @@ impl LoraLinear {
         Ok(())
     }
 
-    /// Applies the layer to `x` (`(..., in)`); the adapter contributes only
-    /// when `use_adapter`.
-    pub fn forward(&self, x: &Tensor, use_adapter: bool) -> candle_core::Result<Tensor> {
+    /// Applies the layer to `x` (`(..., in)`); the adapter contributes
+    /// according to `mode`.
+    pub fn forward(&self, x: &Tensor, mode: AdapterMode) -> candle_core::Result<Tensor> {
         let y = linear(x, &self.weight, self.bias.as_ref())?;
-        match (&self.adapter, use_adapter) {
-            (Some(adapter), true) => {
-                let xf = x.to_dtype(DType::F32)?;
-                let h = linear(&xf, adapter.a.as_tensor(), None)?;
-                let h = (linear(&h, adapter.b.as_tensor(), None)? * adapter.scale)?;
-                let dtype = y.dtype();
-                y + h.to_dtype(dtype)?
-            }
-            _ => Ok(y),
-        }
+        let Some(adapter) = &self.adapter else {
+            return Ok(y);
+        };
+        let (a, b) = match mode {
+            AdapterMode::Off => return Ok(y),
+            AdapterMode::Train => (adapter.a.as_tensor().clone(), adapter.b.as_tensor().clone()),
+            AdapterMode::Infer => (
+                adapter.a.as_detached_tensor(),
+                adapter.b.as_detached_tensor(),
+            ),
+        };
+        let xf = x.to_dtype(DType::F32)?;
+        let h = linear(&xf, &a, None)?;
+        let h = (linear(&h, &b, None)? * adapter.scale)?;
+        let dtype = y.dtype();
+        y + h.to_dtype(dtype)?
     }
 }
 
-/// `x Wᵀ + b` for `x` of any rank ≥ 1, without broadcasting `W` (a 2-D
-/// matmul, the fast path on CPU and CUDA).
+/// How adapters take part in a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterMode {
+    /// Base weights only (DPO's reference policy).
+    Off,
+    /// Adapters on, tracked for gradients.
+    Train,
+    /// Adapters on, detached: no gradient graph is kept and the fused
+    /// (faster) kernels are used (evaluation, generation).
+    Infer,
+}
+
+/// `x Wᵀ + b` for `x` of any rank ≥ 1, as one 2-D matmul (the fast path
+/// on CPU and CUDA). When `W` is frozen (tracks no gradient) the product
+/// goes through [`FrozenMatmul`], so backpropagation computes only the
+/// gradient with respect to `x`.
 pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
     let dims = x.dims().to_vec();
     let in_dim = dims.last().copied().unwrap_or(0);
@@ -320,7 +341,11 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core:
     } else {
         x.contiguous()?.reshape((rows, in_dim))?
     };
-    let y = x2.matmul(&w.t()?)?;
+    let y = if w.track_op() {
+        x2.matmul(&w.t()?)?
+    } else {
+        x2.apply_op2(w, FrozenMatmul)?
+    };
     let y = match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,
@@ -330,6 +355,75 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core:
         *last = w.dim(0)?;
     }
     y.reshape(out_dims)
+}
+
+/// `x Wᵀ` for a frozen `W` (`x` `(m, k)`, `W` `(n, k)`), whose backward
+/// pass returns the gradient for `x` only.
+///
+/// candle's own matmul backward always computes the gradient of both
+/// operands. For LoRA that means a full weight gradient for every frozen
+/// base matrix and `lm_head` on every step: as much work as the forward
+/// matmul again, and as much memory as the model. This op skips it.
+pub struct FrozenMatmul;
+
+impl FrozenMatmul {
+    fn shapes(l1: &Layout, l2: &Layout) -> candle_core::Result<(usize, usize, usize, Layout)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("frozen matmul: x is {m}×{k} but W is {n}×{k2}");
+        }
+        Ok((m, n, k, l2.transpose(0, 1)?))
+    }
+}
+
+impl candle_core::CustomOp2 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (m, n, k, wt) = Self::shapes(l1, l2)?;
+        Ok((s1.matmul(s2, (1, m, n, k), l1, &wt)?, (m, n).into()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        let (m, n, k, wt) = Self::shapes(l1, l2)?;
+        Ok((s1.matmul(s2, (1, m, n, k), l1, &wt)?, (m, n).into()))
+    }
+
+    fn metal_fwd(
+        &self,
+        s1: &candle_core::MetalStorage,
+        l1: &Layout,
+        s2: &candle_core::MetalStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::MetalStorage, candle_core::Shape)> {
+        let (m, n, k, wt) = Self::shapes(l1, l2)?;
+        Ok((s1.matmul(s2, (1, m, n, k), l1, &wt)?, (m, n).into()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(w)?), None))
+    }
 }
 
 /// How LLaVA's language-model modules are named in PEFT adapter files.
@@ -731,7 +825,7 @@ mod tests {
             &dev,
         )
         .unwrap();
-        let base = layer.forward(&x, true).unwrap();
+        let base = layer.forward(&x, AdapterMode::Train).unwrap();
         let adapter = LoraAdapter::init(4, 3, 2, 2.0, &mut rng, &dev).unwrap();
         let bound = 0.5f32;
         let a = adapter
@@ -743,7 +837,7 @@ mod tests {
             .unwrap();
         assert!(a.iter().all(|v| v.abs() <= bound) && a.iter().any(|v| *v != 0.0));
         layer.set_adapter(adapter.clone());
-        let fresh = layer.forward(&x, true).unwrap();
+        let fresh = layer.forward(&x, AdapterMode::Train).unwrap();
         let diff = (fresh - &base).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
 
@@ -751,8 +845,10 @@ mod tests {
             .b
             .set(&Tensor::new(&[[0.5f32, -1.0], [0.25, 0.0], [1.0, 2.0]], &dev).unwrap())
             .unwrap();
-        let with = layer.forward(&x, true).unwrap();
-        let without = layer.forward(&x, false).unwrap();
+        let with = layer.forward(&x, AdapterMode::Train).unwrap();
+        let infer = layer.forward(&x, AdapterMode::Infer).unwrap();
+        assert!(with.track_op() && !infer.track_op());
+        let without = layer.forward(&x, AdapterMode::Off).unwrap();
         let off = (&without - &base)
             .unwrap()
             .abs()
@@ -764,12 +860,39 @@ mod tests {
         assert!(on.to_scalar::<f32>().unwrap() > 1e-3);
         layer.merge().unwrap();
         assert!(layer.adapter().is_none());
-        let merged = layer.forward(&x, true).unwrap();
+        let merged = layer.forward(&x, AdapterMode::Train).unwrap();
         let d = (merged - with).unwrap().abs().unwrap().max_all().unwrap();
         assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
         // The original base tensor is untouched.
         let w0 = w.to_vec2::<f32>().unwrap();
         assert!((w0[0][0] - (-0.5)).abs() < 1e-7 && (w0[2][3] - 0.6).abs() < 1e-6);
+    }
+
+    #[test]
+    fn frozen_matmul_gives_input_gradients_only() {
+        let dev = Device::Cpu;
+        let w = Tensor::new(&[[1f32, 2.0, 3.0], [-1.0, 0.5, 0.0]], &dev).unwrap();
+        let x = Var::new(&[[0.5f32, -1.0, 2.0], [1.0, 1.0, 1.0]], &dev).unwrap();
+        let y = linear(x.as_tensor(), &w, None).unwrap();
+        let reference = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
+        assert_eq!(
+            y.to_vec2::<f32>().unwrap(),
+            reference.to_vec2::<f32>().unwrap()
+        );
+        let grads = (y.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
+        let reference_grads = (reference.sqr().unwrap().sum_all().unwrap())
+            .backward()
+            .unwrap();
+        assert_eq!(
+            grads.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap(),
+            reference_grads
+                .get(x.as_tensor())
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+        );
+        assert!(grads.get(&w).is_none());
+        assert!(reference_grads.get(&w).is_some());
     }
 
     #[test]

@@ -118,7 +118,13 @@ pub struct DatasetIssue {
 
 impl fmt::Display for DatasetIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}[{}]", self.file.display(), self.record.array, self.record.index)?;
+        write!(
+            f,
+            "{}: {}[{}]",
+            self.file.display(),
+            self.record.array,
+            self.record.index
+        )?;
         if let Some(id) = self.record.id {
             write!(f, " (id {id})")?;
         }
@@ -195,7 +201,10 @@ pub struct Preprocess {
 
 impl Default for Preprocess {
     fn default() -> Self {
-        Self { min_area: 300.0, min_objects: 9 }
+        Self {
+            min_area: 300.0,
+            min_objects: 9,
+        }
     }
 }
 
@@ -243,13 +252,19 @@ impl Dataset {
 
     /// The usable objects of image `image`.
     pub fn usable_objects(&self, image: usize, pre: &Preprocess) -> Vec<usize> {
-        self.objects_of(image).filter(|&o| self.is_usable(o, pre)).collect()
+        self.objects_of(image)
+            .filter(|&o| self.is_usable(o, pre))
+            .collect()
     }
 
     /// Number of usable objects per image.
     pub fn usable_counts(&self, pre: &Preprocess) -> Vec<u32> {
         (0..self.images.len())
-            .map(|i| self.objects_of(i).filter(|&o| self.is_usable(o, pre)).count() as u32)
+            .map(|i| {
+                self.objects_of(i)
+                    .filter(|&o| self.is_usable(o, pre))
+                    .count() as u32
+            })
             .collect()
     }
 

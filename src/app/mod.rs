@@ -12,7 +12,7 @@ pub mod canvas;
 pub mod images;
 pub mod overlay;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use egui::RichText;
 use poll_promise::Promise;
@@ -137,13 +137,17 @@ impl WorkbenchApp {
 
     /// Whether a background job is still running.
     pub fn busy(&self) -> bool {
-        self.loading.is_some() || self.exporting.is_some() || self.images.pending() > 0
+        self.loading.is_some()
+            || self.exporting.is_some()
+            || self.images.pending() > 0
+            || self.ws.as_ref().is_some_and(|w| w.pending_writes() > 0)
     }
 
     fn poll_jobs(&mut self) {
         if let Some((dir, promise)) = self.loading.take() {
             match promise.try_take() {
-                Ok(Ok(ws)) => {
+                Ok(Ok(mut ws)) => {
+                    ws.write_in_background();
                     self.status = format!(
                         "opened {} ({} images, {} regions, {} candidates{})",
                         ws.project.config.name,
@@ -169,6 +173,11 @@ impl WorkbenchApp {
                 }
                 Ok(Err(e)) => self.status = format!("cannot open project: {e}"),
                 Err(p) => self.loading = Some((dir, p)),
+            }
+        }
+        if let Some(ws) = &self.ws {
+            if let Some(e) = ws.take_write_errors().into_iter().last() {
+                self.status = format!("not saved: {e}");
             }
         }
         if let Some(p) = self.exporting.take() {
@@ -523,12 +532,16 @@ impl WorkbenchApp {
             .clicked()
         {
             let Some(ws) = &self.ws else { return };
-            // Export reads the project as it is on disk (every edit is saved).
-            let root = ws.root().to_path_buf();
-            let lambda = self.lambda;
+            // Pairs come from memory; files and crops are written off the UI thread.
+            let job = ws.export_job(self.lambda);
             self.status = "exporting…".into();
-            self.exporting = Some(Promise::spawn_thread("export", move || {
-                export(&root, lambda)
+            self.exporting = Some(Promise::spawn_thread("export", move || match job.run() {
+                Ok((out, n, issues)) => Ok(format!(
+                    "exported {n} pairs ({} skipped) to {}",
+                    issues.len(),
+                    out.display()
+                )),
+                Err(e) => Err(format!("export failed: {e}")),
             }));
         }
     }
@@ -620,19 +633,6 @@ impl WorkbenchApp {
             None => {}
         }
     }
-}
-
-/// Export at `lambda` from the project on disk (runs off the UI thread).
-fn export(root: &Path, lambda: f32) -> Result<String, String> {
-    let ws = Workspace::open(root).map_err(|e| format!("export failed: {e}"))?;
-    let (out, n, issues) = ws
-        .export(lambda)
-        .map_err(|e| format!("export failed: {e}"))?;
-    Ok(format!(
-        "exported {n} pairs ({} skipped) to {}",
-        issues.len(),
-        out.display()
-    ))
 }
 
 /// The browser's rows: (image index, image localization score), filtered and sorted.

@@ -141,6 +141,7 @@ pub struct Workspace {
     /// Problems met while opening: dataset issues and bad lines, as text.
     pub problems: Vec<String>,
     object_ids: HashMap<u64, usize>,
+    writer: Option<project::BackgroundWriter>,
     undo: Vec<Edit>,
     redo: Vec<Edit>,
 }
@@ -190,6 +191,7 @@ impl Workspace {
             marks,
             problems,
             object_ids,
+            writer: None,
             undo: Vec::new(),
             redo: Vec::new(),
         })
@@ -573,13 +575,33 @@ impl Workspace {
         }
     }
 
-    /// Write one stage file from memory, atomically.
+    /// From now on, write files on a background thread (the GUI does this
+    /// so that it never waits on the disk); see [`Workspace::pending_writes`].
+    pub fn write_in_background(&mut self) {
+        self.writer = Some(project::BackgroundWriter::new());
+    }
+
+    /// Background writes not finished yet (0 when writing in the foreground).
+    pub fn pending_writes(&self) -> usize {
+        self.writer.as_ref().map_or(0, |w| w.pending())
+    }
+
+    /// Background writes that failed since the last call.
+    pub fn take_write_errors(&self) -> Vec<String> {
+        self.writer
+            .as_ref()
+            .map(|w| w.take_errors())
+            .unwrap_or_default()
+    }
+
+    /// Write one stage file from memory, atomically (in the background when
+    /// [`Workspace::write_in_background`] was called).
     fn save(&self, name: &str) -> Result<(), ProjectError> {
         let path = self.project.path(name);
-        match name {
-            files::REGIONS => project::write_jsonl(&path, &self.regions),
-            files::CANDIDATES => project::write_jsonl(&path, &self.candidates),
-            files::MARKS => project::write_jsonl(&path, &self.marks),
+        let bytes = match name {
+            files::REGIONS => project::encode_jsonl(&path, &self.regions)?,
+            files::CANDIDATES => project::encode_jsonl(&path, &self.candidates)?,
+            files::MARKS => project::encode_jsonl(&path, &self.marks)?,
             _ => {
                 // Scores in candidate order, so the file is stable.
                 let ordered: Vec<&ScoreRecord> = self
@@ -587,8 +609,15 @@ impl Workspace {
                     .iter()
                     .filter_map(|c| self.scores.get(&c.id))
                     .collect();
-                project::write_jsonl(&path, &ordered)
+                project::encode_jsonl(&path, &ordered)?
             }
+        };
+        match &self.writer {
+            Some(w) => {
+                w.write(path, bytes);
+                Ok(())
+            }
+            None => project::write_atomic(&path, &bytes),
         }
     }
 
@@ -612,21 +641,49 @@ impl Workspace {
         )
     }
 
-    /// Write `pairs.jsonl` and the TRL export at `lambda`; returns the export
-    /// folder, pairs written and the records skipped.
-    pub fn export(&self, lambda: f32) -> Result<(PathBuf, usize, Vec<StageIssue>), ProjectError> {
-        let (pairs, _, mut issues) = self.pairs(lambda);
-        project::write_jsonl(&self.project.path(files::PAIRS), &pairs)?;
-        let out = self.project.path(files::EXPORT_DIR);
+    /// Everything an export at `lambda` needs, computed from memory; run it
+    /// with [`ExportJob::run`] (off the UI thread if need be).
+    pub fn export_job(&self, lambda: f32) -> ExportJob {
+        let (pairs, _, issues) = self.pairs(lambda);
+        ExportJob {
+            pairs,
+            issues,
+            pairs_path: self.project.path(files::PAIRS),
+            image_root: self.project.image_root(),
+            prompt: self.project.config.export.prompt.clone(),
+            out_dir: self.project.path(files::EXPORT_DIR),
+        }
+    }
+}
+
+/// A prepared export: `pairs.jsonl` plus the TRL layout with crops.
+#[derive(Clone, Debug)]
+pub struct ExportJob {
+    /// The pairs.
+    pub pairs: Vec<PairRecord>,
+    /// Records skipped while pairing.
+    pub issues: Vec<StageIssue>,
+    pairs_path: PathBuf,
+    image_root: PathBuf,
+    prompt: String,
+    out_dir: PathBuf,
+}
+
+impl ExportJob {
+    /// Write the files; returns the export folder, pairs written and every
+    /// record skipped.
+    pub fn run(self) -> Result<(PathBuf, usize, Vec<StageIssue>), ProjectError> {
+        project::write_jsonl(&self.pairs_path, &self.pairs)?;
         let (records, more) = pipeline::export_trl(
-            &pairs,
-            &self.project.image_root(),
-            &self.project.config.export.prompt,
-            &out,
+            &self.pairs,
+            &self.image_root,
+            &self.prompt,
+            &self.out_dir,
             &|_| {},
         )?;
+        let mut issues = self.issues;
         issues.extend(more);
-        Ok((out, records.len(), issues))
+        Ok((self.out_dir, records.len(), issues))
     }
 }
 

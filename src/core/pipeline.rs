@@ -21,7 +21,7 @@ use crate::core::project::{
     CandidateRecord, Frame, MarkRecord, PairRecord, RegionRecord, RegionSource, ScoreRecord,
     ScoringConfig, FORMAT_VERSION,
 };
-use crate::core::regions::{sample_regions, RegionConfig};
+use crate::core::regions::{sample_regions, RegionConfig, RegionQuery};
 use crate::core::scores::{self, Components, Detector};
 
 /// A record a stage skipped, and why.
@@ -72,27 +72,40 @@ pub fn build_regions(
             queries
                 .into_iter()
                 .enumerate()
-                .map(|(k, q)| RegionRecord {
-                    v: FORMAT_VERSION,
-                    id: format!("{}-{k}", info.id),
-                    image_id: info.id,
-                    file_name: info.file_name.clone(),
-                    width: info.width,
-                    height: info.height,
-                    region: q.region,
-                    crop: q.crop,
-                    seed_object: Some(ds.objects.id[usable[q.seed]]),
-                    objects: q
-                        .objects
-                        .iter()
-                        .map(|&i| ds.objects.id[usable[i]])
-                        .collect(),
-                    source: RegionSource::Random,
-                })
+                .map(|(k, q)| random_region_record(ds, img, &usable, &q, k))
                 .collect::<Vec<_>>()
         })
         .flatten()
         .collect()
+}
+
+/// The record of random query `q` on image index `image`, numbered `k`;
+/// `usable` maps the query's box indices to object indices.
+pub fn random_region_record(
+    ds: &Dataset,
+    image: usize,
+    usable: &[usize],
+    q: &RegionQuery,
+    k: usize,
+) -> RegionRecord {
+    let info = &ds.images[image];
+    RegionRecord {
+        v: FORMAT_VERSION,
+        id: format!("{}-{k}", info.id),
+        image_id: info.id,
+        file_name: info.file_name.clone(),
+        width: info.width,
+        height: info.height,
+        region: q.region,
+        crop: q.crop,
+        seed_object: Some(ds.objects.id[usable[q.seed]]),
+        objects: q
+            .objects
+            .iter()
+            .map(|&i| ds.objects.id[usable[i]])
+            .collect(),
+        source: RegionSource::Random,
+    }
 }
 
 /// A region drawn by hand: its objects are the usable objects with at least

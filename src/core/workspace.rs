@@ -407,23 +407,13 @@ impl Workspace {
         while self.region_index(&format!("{}-{k}", info.id)).is_some() {
             k += 1;
         }
-        Some(RegionRecord {
-            v: FORMAT_VERSION,
-            id: format!("{}-{k}", info.id),
-            image_id: info.id,
-            file_name: info.file_name.clone(),
-            width: info.width,
-            height: info.height,
-            region: q.region,
-            crop: q.crop,
-            seed_object: Some(self.dataset.objects.id[usable[q.seed]]),
-            objects: q
-                .objects
-                .iter()
-                .map(|&i| self.dataset.objects.id[usable[i]])
-                .collect(),
-            source: project::RegionSource::Random,
-        })
+        Some(pipeline::random_region_record(
+            &self.dataset,
+            image,
+            &usable,
+            &q,
+            k,
+        ))
     }
 
     /// A new hand-written candidate for `query_id` (not yet applied).

@@ -283,6 +283,13 @@ fn tokenizer_and_prompt_match_the_llava_processor() {
             .map(|(id, _)| *id)
             .collect();
         assert_eq!(tok.encode(text.as_str().unwrap(), true).unwrap(), real);
+        // Prompt and response tokenised apart concatenate to the same ids.
+        let response = meta["responses"][i].as_str().unwrap();
+        let (pr, prompt_len) = tok
+            .encode_prompt_response(chat[i], response, false)
+            .unwrap();
+        assert_eq!(pr, real);
+        assert_eq!(prompt_len, tok.encode(chat[i], true).unwrap().len());
     }
     assert_eq!(tok.image_token_id(), 360);
     assert_eq!(tok.pad_token_id(), 361);

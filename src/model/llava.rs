@@ -516,8 +516,11 @@ impl Llava {
     }
 }
 
+/// Tensor names and shapes, in request order.
+type SeenShapes = Arc<Mutex<Vec<(String, Vec<usize>)>>>;
+
 /// Records the names and shapes a model asks for, answering with zeros.
-struct ShapeRecorder(Arc<Mutex<Vec<(String, Vec<usize>)>>>);
+struct ShapeRecorder(SeenShapes);
 
 impl SimpleBackend for ShapeRecorder {
     fn get(
@@ -554,7 +557,7 @@ pub fn random_weights(
     seed: u64,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen: SeenShapes = Arc::new(Mutex::new(Vec::new()));
     let vb = VarBuilder::from_backend(
         Box::new(ShapeRecorder(seen.clone())),
         DType::F32,

@@ -621,8 +621,8 @@ pub struct AdapterWeights {
     pub layout: PeftLayout,
     /// `(A, B)` per decoder module path.
     pub modules: BTreeMap<String, (Tensor, Tensor)>,
-    /// Scale for every module (`α/r`, or `α/√r` with rsLoRA; `r` from each
-    /// module's own `A`).
+    /// rsLoRA scaling (`α/√r` instead of `α/r`; `r` from each module's own
+    /// `A`).
     pub use_rslora: bool,
 }
 

@@ -142,6 +142,27 @@ impl LlavaTokenizer {
         self.encode(&chat_prompt(prompt), true)
     }
 
+    /// Ids of a prompt (with special tokens, `<image>` expanded) followed by
+    /// a response (without), as TRL's DPO tokenises pairs, plus the prompt
+    /// length: the response's tokens are `ids[prompt_len..]`. With
+    /// `append_eos` the first end-of-sequence id closes the response.
+    pub fn encode_prompt_response(
+        &self,
+        prompt: &str,
+        response: &str,
+        append_eos: bool,
+    ) -> Result<(Vec<u32>, usize)> {
+        let mut ids = self.encode(prompt, true)?;
+        let prompt_len = ids.len();
+        ids.extend(self.encode(response, false)?);
+        if append_eos {
+            if let Some(eos) = self.eos_token_ids.first() {
+                ids.push(*eos);
+            }
+        }
+        Ok((ids, prompt_len))
+    }
+
     /// Text of `ids`; `skip_special_tokens` drops BOS/EOS/pad/image tokens.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.tokenizer

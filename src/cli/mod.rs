@@ -101,6 +101,8 @@ pub enum Command {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Preference-train LoRA adapters on a TRL-layout pairs JSONL → runs/NAME.
+    Train(TrainArgs),
 }
 
 /// Benchmarks.
@@ -170,6 +172,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Bench(BenchCommand::Regions { images })) => {
             crate::bench::regions_command(images)
         }
+        Some(Command::Train(args)) => train(&args),
     }
 }
 
@@ -472,5 +475,118 @@ fn show(dir: &Path) -> Result<()> {
         count(files::SCORES),
         count(files::PAIRS)
     );
+    Ok(())
+}
+
+/// Options of `spr train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Model folder or hub id (llava-hf layout).
+    #[arg(long, required_unless_present = "resume")]
+    pub model: Option<String>,
+    /// TRL-layout preference JSONL (as `spr export` writes it).
+    #[arg(long, required_unless_present = "resume")]
+    pub data: Option<PathBuf>,
+    /// Run folder (config.json, events.jsonl, checkpoints, adapter).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Objective: dpo, ipo, hinge, robust, sft or fdpo.
+    #[arg(long, default_value = "dpo")]
+    pub objective: String,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 1000)]
+    pub steps: u64,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-5)]
+    pub lr: f64,
+    /// DPO β.
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 128)]
+    pub lora_r: usize,
+    /// LoRA α.
+    #[arg(long, default_value_t = 256.0)]
+    pub lora_alpha: f64,
+    /// Pairs per batch.
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// Continue the run in --run from its latest checkpoint (other options
+    /// are taken from its config.json).
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// `spr train`: a progress bar per step; Ctrl-C / SIGTERM saves a
+/// checkpoint and exits.
+fn train(args: &TrainArgs) -> Result<()> {
+    use crate::train::objectives::{Objective, ObjectiveConfig};
+    use crate::train::trainer::{self, TrainConfig};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while the checkpoint is being written exits at once.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))
+            .context("cannot install the signal handler")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("cannot install the signal handler")?;
+    }
+    let pb = bar(0, "train");
+    let progress = |log: &trainer::StepLog| {
+        pb.set_length(log.total_steps);
+        pb.set_position(log.step);
+        pb.set_message(format!("loss {:.4}", log.metrics.loss));
+    };
+    let summary = if args.resume {
+        trainer::resume(&args.run, progress, &stop)
+    } else {
+        let (Some(model), Some(data)) = (&args.model, &args.data) else {
+            bail!("--model and --data are required unless --resume");
+        };
+        let objective: Objective = args
+            .objective
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--objective: {e}"))?;
+        let mut cfg = TrainConfig::new(model.clone(), data.clone());
+        cfg.objective = ObjectiveConfig {
+            beta: args.beta,
+            ..ObjectiveConfig::new(objective)
+        };
+        cfg.total_steps = args.steps;
+        cfg.lr = args.lr;
+        cfg.lora_r = args.lora_r;
+        cfg.lora_alpha = args.lora_alpha;
+        cfg.batch_size = args.batch;
+        trainer::train(&cfg, &args.run, progress, &stop)
+    };
+    pb.finish_and_clear();
+    let s = summary?;
+    for skipped in &s.skipped {
+        eprintln!("warning: skipped {skipped}");
+    }
+    if s.stopped {
+        println!(
+            "train: stopped at step {}; checkpoint in {} (continue with --resume)",
+            s.steps,
+            s.last_checkpoint
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+    } else {
+        println!(
+            "train: {} steps on {} pairs ({} skipped), final loss {:.4} → {}",
+            s.steps,
+            s.examples,
+            s.skipped.len(),
+            s.losses.last().copied().unwrap_or(f64::NAN),
+            s.adapter
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+    }
     Ok(())
 }

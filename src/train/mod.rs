@@ -13,3 +13,4 @@ pub mod data;
 pub mod objectives;
 pub mod schedule;
 pub mod segment;
+pub mod trainer;

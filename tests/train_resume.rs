@@ -1,0 +1,267 @@
+//! The trainer on the tiny LLaVA fixture: a run stopped and resumed gives
+//! the same per-step losses as a straight run; `events.jsonl` uses TRL's
+//! metric names; DPO at a high learning rate widens the reward margin.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use spr_workbench::train::trainer::{self, files, TrainConfig};
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-llava");
+
+fn trl_line(image: &str, prompt: &str, chosen: &str, rejected: &str) -> String {
+    serde_json::json!({
+        "images": [image],
+        "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
+        "chosen": [{"role": "assistant", "content": [{"type": "text", "text": chosen}]}],
+        "rejected": [{"role": "assistant", "content": [{"type": "text", "text": rejected}]}],
+    })
+    .to_string()
+}
+
+/// A TRL JSONL of four hand-made pairs on the fixture's image.
+fn write_data(dir: &Path) -> PathBuf {
+    std::fs::copy(Path::new(FIXTURE).join("image0.png"), dir.join("img.png")).unwrap();
+    let lines = [
+        trl_line(
+            "img.png",
+            "Describe the region.",
+            "a red box [0.1, 0.2, 0.5, 0.6]",
+            "a blue cat",
+        ),
+        trl_line(
+            "img.png",
+            "Where is the dog?",
+            "the dog [0.3, 0.3, 0.9, 0.8]",
+            "no dog here",
+        ),
+        trl_line(
+            "img.png",
+            "What is on the left?",
+            "a tree on the left",
+            "a car [0.0, 0.0, 1.0, 1.0]",
+        ),
+        trl_line(
+            "img.png",
+            "Count the objects.",
+            "three objects",
+            "many things",
+        ),
+    ];
+    let path = dir.join("pairs.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+fn config(data: &Path, steps: u64, lr: f64) -> TrainConfig {
+    let mut cfg = TrainConfig::new(FIXTURE, data);
+    cfg.lora_r = 4;
+    cfg.lora_alpha = 8.0;
+    cfg.lr = lr;
+    cfg.total_steps = steps;
+    cfg.batch_size = 2;
+    cfg.checkpoint_every = 0;
+    cfg.max_len = 96;
+    cfg.seed = 7;
+    cfg
+}
+
+fn events(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join(files::EVENTS))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn column(ev: &[serde_json::Value], name: &str) -> Vec<f64> {
+    ev.iter().map(|e| e[name].as_f64().unwrap()).collect()
+}
+
+#[test]
+fn stopped_and_resumed_run_matches_straight_run() {
+    const N: u64 = 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path());
+    let cfg = config(&data, 2 * N, 1e-3);
+    let never = AtomicBool::new(false);
+
+    let straight = tmp.path().join("straight");
+    let a = trainer::train(&cfg, &straight, |_| {}, &never).unwrap();
+    assert_eq!(a.steps, 2 * N);
+    assert!(!a.stopped);
+    assert!(straight.join("adapter/adapter_config.json").is_file());
+    assert!(straight.join(files::REF_LOGPS).is_file());
+
+    let split = tmp.path().join("split");
+    let stop = AtomicBool::new(false);
+    let b1 = trainer::train(
+        &cfg,
+        &split,
+        |log| {
+            if log.step == N {
+                stop.store(true, Ordering::SeqCst);
+            }
+        },
+        &stop,
+    )
+    .unwrap();
+    assert!(b1.stopped);
+    assert_eq!(b1.steps, N);
+    assert!(split
+        .join(format!("checkpoint-{N}/trainer_state.json"))
+        .is_file());
+    stop.store(false, Ordering::SeqCst);
+    let b2 = trainer::resume(&split, |_| {}, &stop).unwrap();
+    assert_eq!(b2.steps, 2 * N);
+
+    let straight_losses = column(&events(&straight), "loss");
+    let split_losses = column(&events(&split), "loss");
+    eprintln!("straight losses: {straight_losses:?}");
+    eprintln!("split losses:    {split_losses:?}");
+    assert_eq!(straight_losses.len(), (2 * N) as usize);
+    assert_eq!(split_losses.len(), (2 * N) as usize);
+    for (x, y) in straight_losses.iter().zip(&split_losses) {
+        assert!(
+            (x - y).abs() <= 1e-6,
+            "{straight_losses:?} vs {split_losses:?}"
+        );
+    }
+    let steps: Vec<u64> = events(&split)
+        .iter()
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=2 * N).collect::<Vec<_>>());
+    let mut all = b1.losses.clone();
+    all.extend(&b2.losses);
+    assert_eq!(all, a.losses);
+}
+
+#[test]
+fn dpo_events_have_trl_names_and_margins_grow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path());
+    let cfg = config(&data, 6, 2e-2);
+    let run = tmp.path().join("dpo");
+    let never = AtomicBool::new(false);
+    trainer::train(&cfg, &run, |_| {}, &never).unwrap();
+    let ev = events(&run);
+    assert_eq!(ev.len(), 6);
+    for name in [
+        "step",
+        "epoch",
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+    ] {
+        assert!(ev[0].get(name).is_some(), "missing {name} in {}", ev[0]);
+    }
+    let margins = column(&ev, "rewards/margins");
+    let losses = column(&ev, "loss");
+    eprintln!("margins: {margins:?}\nlosses: {losses:?}");
+    assert!(
+        margins[5] > margins[0],
+        "margins did not grow: {margins:?} (losses {losses:?})"
+    );
+    let cfg_back: TrainConfig =
+        serde_json::from_slice(&std::fs::read(run.join(files::CONFIG)).unwrap()).unwrap();
+    assert_eq!(cfg_back, cfg);
+}
+
+#[test]
+fn resume_without_checkpoint_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path());
+    let cfg = config(&data, 1, 1e-3);
+    let run = tmp.path().join("r");
+    let never = AtomicBool::new(false);
+    trainer::train(&cfg, &run, |_| {}, &never).unwrap();
+    let err = trainer::resume(&run, |_| {}, &never).unwrap_err();
+    assert!(err.to_string().contains("no checkpoint"), "{err}");
+}
+
+#[test]
+fn gradient_accumulation_matches_a_larger_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path());
+    let never = AtomicBool::new(false);
+    let mut big = config(&data, 2, 1e-2);
+    big.batch_size = 2;
+    let mut acc = big.clone();
+    acc.batch_size = 1;
+    acc.grad_accum = 2;
+    let a = trainer::train(&big, &tmp.path().join("big"), |_| {}, &never).unwrap();
+    let b = trainer::train(&acc, &tmp.path().join("acc"), |_| {}, &never).unwrap();
+    eprintln!("batch 2: {:?}\naccum 2: {:?}", a.losses, b.losses);
+    for (x, y) in a.losses.iter().zip(&b.losses) {
+        assert!((x - y).abs() < 1e-4, "{:?} vs {:?}", a.losses, b.losses);
+    }
+}
+
+#[test]
+fn empty_data_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("bad.jsonl");
+    std::fs::write(&data, "{not json\n").unwrap();
+    let never = AtomicBool::new(false);
+    let err = trainer::train(
+        &config(&data, 1, 1e-3),
+        &tmp.path().join("r"),
+        |_| {},
+        &never,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("bad.jsonl") && err.contains("no usable"),
+        "{err}"
+    );
+}
+
+/// `spr train` checkpoints and exits cleanly on SIGTERM.
+#[cfg(unix)]
+#[test]
+fn cli_sigterm_saves_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path());
+    let run = tmp.path().join("run");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_spr"))
+        .args(["train", "--model", FIXTURE, "--data"])
+        .arg(&data)
+        .arg("--run")
+        .arg(&run)
+        .args(["--steps", "1000000", "--lora-r", "2", "--lora-alpha", "4"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let events = run.join(files::EVENTS);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::fs::metadata(&events).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no step logged");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("stopped at step"), "{stdout}");
+    let ckpt = trainer::latest_checkpoint(&run).unwrap().unwrap();
+    assert!(ckpt.join("adapter/adapter_model.safetensors").is_file());
+    assert!(ckpt.join("optimizer.safetensors").is_file());
+}

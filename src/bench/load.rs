@@ -215,7 +215,7 @@ pub fn measure_load(path: &Path) -> Result<LoadReport, DatasetError> {
 }
 
 /// `VmHWM` of this process in bytes, where `/proc` has it.
-fn peak_rss_bytes() -> Option<u64> {
+pub(crate) fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line

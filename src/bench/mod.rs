@@ -7,8 +7,11 @@
 //!   process, so the generator's memory does not count.
 //! - `spr bench regions`: SPR region construction + localization scoring,
 //!   queries per second on one core (target ≥ 100k).
+//! - `spr bench train`: DPO-step tokens/s and peak memory of the trainer
+//!   ([`train`]).
 
 pub mod load;
+pub mod train;
 
 use std::path::Path;
 use std::time::Instant;

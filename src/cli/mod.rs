@@ -126,6 +126,32 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20_000)]
         images: usize,
     },
+    /// DPO-step tokens/s and peak memory of the trainer on a llava-hf model
+    /// folder and a TRL-layout pairs file; without them, generates the
+    /// DESIGN §7 benchmark model and pairs and times them in a fresh process.
+    Train {
+        /// llava-hf-layout model folder.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// TRL-layout preference JSONL.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Optimizer steps, warm-up included.
+        #[arg(long, default_value_t = 20)]
+        steps: u64,
+        /// Pairs per step.
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// Leading steps left out of the figures.
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// LoRA rank (alpha is twice it).
+        #[arg(long, default_value_t = 16)]
+        lora_r: usize,
+        /// Keep the generated model and pairs in this folder.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
 }
 
 /// Run the command line; errors are returned for `main` to print.
@@ -172,6 +198,25 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Bench(BenchCommand::Regions { images })) => {
             crate::bench::regions_command(images)
         }
+        Some(Command::Bench(BenchCommand::Train {
+            model,
+            data,
+            steps,
+            batch,
+            warmup,
+            lora_r,
+            keep,
+        })) => crate::bench::train::command(
+            model.as_deref(),
+            data.as_deref(),
+            &crate::bench::train::BenchTrainOptions {
+                steps,
+                batch,
+                warmup,
+                lora_r,
+            },
+            keep.as_deref(),
+        ),
         Some(Command::Train(args)) => train(&args),
     }
 }

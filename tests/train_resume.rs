@@ -265,3 +265,92 @@ fn cli_sigterm_saves_a_checkpoint() {
     assert!(ckpt.join("adapter/adapter_model.safetensors").is_file());
     assert!(ckpt.join("optimizer.safetensors").is_file());
 }
+
+/// `TrainConfig.data` may be an SPR project folder: its `pairs.jsonl`
+/// (cropped images, the project's prompt, SPR reward gaps) trains fDPO
+/// with the grounded segmenter. No annotation file is needed.
+#[test]
+fn fdpo_trains_on_a_project_folder() {
+    use spr_workbench::core::project::{files as pfiles, Project, ProjectConfig};
+    use spr_workbench::train::objectives::Objective;
+    use spr_workbench::train::segment::SegmenterConfig;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("proj");
+    std::fs::create_dir_all(root.join("images")).unwrap();
+    std::fs::copy(
+        Path::new(FIXTURE).join("image0.png"),
+        root.join("images/img.png"),
+    )
+    .unwrap();
+    let project_config: ProjectConfig = serde_json::from_value(serde_json::json!({
+        "format_version": 1,
+        "name": "tiny",
+        "dataset": {"annotations": "annotations.json", "image_root": "images"},
+        "export": {"prompt": "Describe the region with boxes."},
+    }))
+    .unwrap();
+    let project = Project::create(&root, project_config).unwrap();
+    assert!(!project.annotations_path().exists());
+    let pair = |id: &str, crop: [f32; 4], chosen: &str, rejected: &str, sem: [f32; 2]| {
+        serde_json::json!({
+            "v": 1,
+            "query_id": id,
+            "file_name": "img.png",
+            "crop": crop,
+            "lambda": 0.8,
+            "chosen_id": format!("{id}-c"),
+            "rejected_id": format!("{id}-r"),
+            "chosen": chosen,
+            "chosen_original": chosen,
+            "rejected": rejected,
+            "chosen_scores": {"semantic": sem[0], "localization": 0.9},
+            "rejected_scores": {"semantic": sem[1], "localization": 0.2},
+            "chosen_refined_localization": 0.95,
+            "semantic_missing": false,
+            "format": "ferret",
+        })
+        .to_string()
+    };
+    let lines = [
+        pair(
+            "q0",
+            [0.0, 0.0, 80.0, 64.0],
+            "a red box [100, 200, 500, 600] next to a tree [600, 100, 900, 800]",
+            "a blue cat [0, 0, 999, 999]",
+            [0.7, 0.3],
+        ),
+        pair(
+            "q1",
+            [10.0, 5.0, 70.0, 60.0],
+            "the dog [300, 300, 900, 800]",
+            "no dog here",
+            [0.6, 0.5],
+        ),
+        pair(
+            "q2",
+            [20.0, 10.0, 60.0, 50.0],
+            "a car [0, 0, 500, 500] on the left",
+            "a car [500, 500, 999, 999]",
+            [0.4, 0.4],
+        ),
+    ];
+    std::fs::write(root.join(pfiles::PAIRS), lines.join("\n") + "\n").unwrap();
+
+    let mut cfg = config(&root, 2, 1e-3);
+    cfg.max_len = 160;
+    cfg.objective.objective = Objective::Fdpo;
+    cfg.segmenter = Some(SegmenterConfig::Grounded {
+        format: project.config.model.format,
+    });
+    let run = tmp.path().join("run");
+    let never = AtomicBool::new(false);
+    let summary = trainer::train(&cfg, &run, |_| {}, &never).unwrap();
+    assert!(summary.skipped.is_empty(), "{:?}", summary.skipped);
+    assert!(run.join(files::EVENTS).exists());
+    let ev = events(&run);
+    assert_eq!(ev.len(), 2);
+    for loss in column(&ev, "loss") {
+        assert!(loss.is_finite(), "{loss}");
+    }
+}

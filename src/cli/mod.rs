@@ -529,7 +529,7 @@ pub struct TrainArgs {
     /// Model folder or hub id (llava-hf layout).
     #[arg(long, required_unless_present = "resume")]
     pub model: Option<String>,
-    /// TRL-layout preference JSONL (as `spr export` writes it).
+    /// TRL-layout preference JSONL (as `spr export` writes it), or an SPR project folder.
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
     /// Run folder (config.json, events.jsonl, checkpoints, adapter).

@@ -156,7 +156,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 pub struct TrainConfig {
     /// Model folder or hub id ([`LlavaBundle::load`]).
     pub model: String,
-    /// TRL-layout preference JSONL ([`data::load_trl`]).
+    /// TRL-layout preference JSONL ([`data::load_trl`]) or an SPR project
+    /// folder (its `pairs.jsonl`, [`data::load_project_pairs`]).
     pub data: PathBuf,
     /// Objective and its hyper-parameters.
     pub objective: ObjectiveConfig,
@@ -704,6 +705,35 @@ fn save_checkpoint(
     Ok(dir)
 }
 
+/// Loads the training pairs from `data`: an SPR project folder (holding
+/// `spr.toml`) is read through its `pairs.jsonl`, with the project's image
+/// root and `[export] prompt`, so the pairs carry SPR's reward gaps;
+/// anything else is a TRL-layout JSONL.
+fn load_dataset(
+    data: &Path,
+    tokenizer: &crate::model::tokenizer::LlavaTokenizer,
+    options: &DataOptions,
+    segmenter: Option<&dyn crate::train::segment::Segmenter>,
+) -> Result<data::PairDataset> {
+    use crate::core::project::{files as project_files, Project};
+    if data.is_dir() && data.join(project_files::CONFIG).is_file() {
+        let project = Project::open(data).map_err(|e| TrainError::Config {
+            field: "data",
+            message: e.to_string(),
+        })?;
+        Ok(data::load_project_pairs(
+            &project.path(project_files::PAIRS),
+            &project.image_root(),
+            &project.config.export.prompt,
+            tokenizer,
+            options,
+            segmenter,
+        )?)
+    } else {
+        Ok(data::load_trl(data, tokenizer, options, segmenter)?)
+    }
+}
+
 fn run(
     cfg: &TrainConfig,
     run_dir: &Path,
@@ -724,16 +754,12 @@ fn run(
         max_len: cfg.max_len,
         ..DataOptions::default()
     };
-    let dataset = data::load_trl(
-        &cfg.data,
-        &bundle.tokenizer,
-        &options,
-        if n_segments.is_some() {
-            segmenter.as_deref().map(|s| s as _)
-        } else {
-            None
-        },
-    )?;
+    let seg: Option<&dyn crate::train::segment::Segmenter> = if n_segments.is_some() {
+        segmenter.as_deref().map(|s| s as _)
+    } else {
+        None
+    };
+    let dataset = load_dataset(&cfg.data, &bundle.tokenizer, &options, seg)?;
     let n = dataset.examples.len();
     if n == 0 {
         return Err(TrainError::EmptyDataset {

@@ -266,6 +266,13 @@ pub fn build_pairs(
     format: BoxFormat,
 ) -> (Vec<PairRecord>, PairStats, Vec<StageIssue>) {
     let ids = object_ids(ds);
+    // Image id → index once: `Dataset::image_index` scans per call.
+    let image_ids: HashMap<u64, usize> = ds
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, info)| (info.id, i))
+        .collect();
     let mark_of: HashMap<&str, &MarkRecord> =
         marks.iter().map(|m| (m.query_id.as_str(), m)).collect();
     let score_of: HashMap<&str, &ScoreRecord> = scores_in
@@ -321,7 +328,7 @@ pub fn build_pairs(
                 continue;
             }
         };
-        let Some(image) = ds.image_index(region.image_id) else {
+        let Some(&image) = image_ids.get(&region.image_id) else {
             issues.push(issue(
                 format!("region {}", region.id),
                 format!("image id {} is not in the dataset", region.image_id),

@@ -101,7 +101,7 @@ pub enum Command {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Preference-train LoRA adapters on a TRL-layout pairs JSONL → runs/NAME.
+    /// Train on a TRL-layout JSONL or a project's pairs: LoRA or full, DPO-family or SFT.
     Train(TrainArgs),
 }
 
@@ -553,9 +553,31 @@ pub struct TrainArgs {
     /// LoRA α.
     #[arg(long, default_value_t = 256.0)]
     pub lora_alpha: f64,
-    /// Pairs per batch.
+    /// Pairs (or supervised rows) per batch.
     #[arg(long, default_value_t = 2)]
     pub batch: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// What trains: lora (adapters) or full (every language-model and
+    /// projector weight; for small models).
+    #[arg(long, default_value = "lora")]
+    pub tune: String,
+    /// Linear warm-up steps before the cosine decay.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: u64,
+    /// Final learning rate as a fraction of --lr.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_lr_ratio: f64,
+    /// Longest prompt + response kept, in tokens (longer pairs are skipped).
+    #[arg(long, default_value_t = 2048)]
+    pub max_len: usize,
+    /// Checkpoint every this many steps (0: only on stop and at the end).
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    /// Seed of the LoRA initialisation and the data order.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
     /// Continue the run in --run from its latest checkpoint (other options
     /// are taken from its config.json).
     #[arg(long)]
@@ -604,6 +626,16 @@ fn train(args: &TrainArgs) -> Result<()> {
         cfg.lora_r = args.lora_r;
         cfg.lora_alpha = args.lora_alpha;
         cfg.batch_size = args.batch;
+        cfg.grad_accum = args.grad_accum;
+        cfg.tune = args
+            .tune
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--tune: {e}"))?;
+        cfg.warmup_steps = args.warmup;
+        cfg.min_lr_ratio = args.min_lr_ratio;
+        cfg.max_len = args.max_len;
+        cfg.checkpoint_every = args.checkpoint_every;
+        cfg.seed = args.seed;
         trainer::train(&cfg, &args.run, progress, &stop)
     };
     pb.finish_and_clear();
@@ -627,7 +659,7 @@ fn train(args: &TrainArgs) -> Result<()> {
             s.examples,
             s.skipped.len(),
             s.losses.last().copied().unwrap_or(f64::NAN),
-            s.adapter
+            s.output
                 .as_deref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default()

@@ -422,6 +422,18 @@ pub struct TrlRecord {
     pub rejected: Vec<TrlMessage>,
 }
 
+/// A supervised example in TRL's prompt–completion vision layout
+/// (`SFTTrainer`'s conversational `prompt` / `completion` plus `images`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrlSftRecord {
+    /// Image paths, relative to the file.
+    pub images: Vec<String>,
+    /// The user turn: the image, then the prompt.
+    pub prompt: Vec<TrlMessage>,
+    /// The assistant turn to learn.
+    pub completion: Vec<TrlMessage>,
+}
+
 fn text_message(role: &str, text: &str) -> TrlMessage {
     TrlMessage {
         role: role.into(),
@@ -432,8 +444,8 @@ fn text_message(role: &str, text: &str) -> TrlMessage {
     }
 }
 
-/// The TRL record of a pair whose crop image is at `image` (relative path).
-pub fn trl_record(pair: &PairRecord, prompt: &str, image: String) -> TrlRecord {
+/// The user turn of a one-image record: an image part, then `prompt`.
+pub fn trl_user_turn(prompt: &str) -> TrlMessage {
     let mut user = text_message("user", prompt);
     user.content.insert(
         0,
@@ -442,11 +454,21 @@ pub fn trl_record(pair: &PairRecord, prompt: &str, image: String) -> TrlRecord {
             text: None,
         },
     );
+    user
+}
+
+/// An assistant turn holding `text`.
+pub fn trl_assistant_turn(text: &str) -> TrlMessage {
+    text_message("assistant", text)
+}
+
+/// The TRL record of a pair whose crop image is at `image` (relative path).
+pub fn trl_record(pair: &PairRecord, prompt: &str, image: String) -> TrlRecord {
     TrlRecord {
         images: vec![image],
-        prompt: vec![user],
-        chosen: vec![text_message("assistant", &pair.chosen)],
-        rejected: vec![text_message("assistant", &pair.rejected)],
+        prompt: vec![trl_user_turn(prompt)],
+        chosen: vec![trl_assistant_turn(&pair.chosen)],
+        rejected: vec![trl_assistant_turn(&pair.rejected)],
     }
 }
 

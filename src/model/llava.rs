@@ -203,6 +203,63 @@ impl Llava {
         Ok(model)
     }
 
+    /// Loads a llava-hf model folder for full fine-tuning: every
+    /// language-model and projector weight becomes a trainable [`Var`] (the
+    /// vision tower stays frozen, as LLaVA's own training keeps it). The
+    /// returned [`FullWeights`] holds all tensors under llava-hf's canonical
+    /// names, the trainable ones shared with the vars, so saving it writes
+    /// the current weights.
+    pub fn load_full(dir: &Path, device: &Device, dtype: DType) -> Result<(Self, FullWeights)> {
+        if !dir.is_dir() {
+            return Err(ModelError::MissingPath {
+                path: dir.to_path_buf(),
+                what: "model folder",
+            });
+        }
+        let cfg = LlavaConfig::from_file(&dir.join("config.json"))?;
+        let mut raw = HashMap::new();
+        for file in weight_files(dir)? {
+            let part = candle_core::safetensors::load(&file, device).map_err(|source| {
+                ModelError::Weights {
+                    path: file.clone(),
+                    source,
+                }
+            })?;
+            raw.extend(part);
+        }
+        let names: BTreeSet<String> = raw.keys().cloned().collect();
+        let renames = detect_layout(&names);
+        let mut all = HashMap::with_capacity(raw.len());
+        let mut trainable = Vec::new();
+        for (name, tensor) in raw {
+            let name = renames
+                .iter()
+                .find_map(|(canonical, actual)| {
+                    name.strip_prefix(actual.as_str())
+                        .map(|rest| format!("{canonical}{rest}"))
+                })
+                .unwrap_or(name);
+            let tensor = tensor.to_dtype(dtype)?;
+            let tensor = if FullWeights::is_trainable(&name) {
+                let var = Var::from_tensor(&tensor)?;
+                let shared = var.as_tensor().clone();
+                trainable.push((name.clone(), var));
+                shared
+            } else {
+                tensor
+            };
+            all.insert(name, tensor);
+        }
+        trainable.sort_by(|a, b| a.0.cmp(&b.0));
+        let vb = VarBuilder::from_tensors(all.clone(), dtype, device);
+        let mut model = Self::new(vb, &cfg).map_err(|source| ModelError::Weights {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        model.base_model = Some(dir.display().to_string());
+        Ok((model, FullWeights { all, trainable }))
+    }
+
     /// The config.
     pub fn config(&self) -> &LlavaConfig {
         &self.cfg
@@ -636,6 +693,51 @@ pub fn save_model(dir: &Path, cfg: &LlavaConfig, weights: &HashMap<String, Tenso
     })
 }
 
+/// The weights of a model loaded for full fine-tuning
+/// ([`Llava::load_full`]).
+#[derive(Debug, Clone)]
+pub struct FullWeights {
+    /// Every tensor of the checkpoint under llava-hf's canonical names; the
+    /// trainable ones share storage with [`Self::trainable`].
+    pub all: HashMap<String, Tensor>,
+    /// The trainable weights, sorted by name.
+    pub trainable: Vec<(String, Var)>,
+}
+
+impl FullWeights {
+    /// Whether full fine-tuning trains the tensor `name` (canonical
+    /// llava-hf name): the language model and the projector.
+    pub fn is_trainable(name: &str) -> bool {
+        name.starts_with("language_model.") || name.starts_with("multi_modal_projector.")
+    }
+
+    /// Writes the whole model (current weights) as a llava-hf folder:
+    /// `config.json`, `model.safetensors`, and the tokenizer and processor
+    /// files copied from `source_dir`.
+    pub fn save_model(&self, dir: &Path, cfg: &LlavaConfig, source_dir: &Path) -> Result<()> {
+        save_model(dir, cfg, &self.all)?;
+        for name in MODEL_SIDE_FILES {
+            let from = source_dir.join(name);
+            if from.is_file() {
+                let to = dir.join(name);
+                std::fs::copy(&from, &to).map_err(|source| ModelError::Io { path: to, source })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Files of a model folder besides `config.json` and the weights.
+pub const MODEL_SIDE_FILES: [&str; 7] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+];
+
 /// A loaded model with its tokenizer and image processor: what the trainer
 /// and the evaluator start from.
 #[derive(Debug, Clone)]
@@ -671,7 +773,19 @@ impl LlavaBundle {
         hub: &HubOptions,
     ) -> Result<Self> {
         let dir = resolve_model(source, hub)?;
-        let mut model = Llava::load(&dir, device, dtype)?;
+        let model = Llava::load(&dir, device, dtype)?;
+        Self::assemble(source, dir, model)
+    }
+
+    /// Loads `source` for full fine-tuning ([`Llava::load_full`]) in the
+    /// device's default dtype.
+    pub fn load_full(source: &str, device: &Device) -> Result<(Self, FullWeights)> {
+        let dir = resolve_model(source, &HubOptions::default())?;
+        let (model, weights) = Llava::load_full(&dir, device, default_dtype(device))?;
+        Ok((Self::assemble(source, dir, model)?, weights))
+    }
+
+    fn assemble(source: &str, dir: PathBuf, mut model: Llava) -> Result<Self> {
         model.base_model = Some(source.to_string());
         let tokenizer = LlavaTokenizer::from_dir(&dir, model.config())?;
         let processor = ImageProcessor::from_dir(&dir, &model.config().vision_config)?;

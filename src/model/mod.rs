@@ -41,7 +41,7 @@ pub use llama::{
     next_token_logprobs, token_logprobs, FinishReason, Generated, GenerationConfig, KvCache, Llama,
     Sampling,
 };
-pub use llava::{Llava, LlavaBundle};
+pub use llava::{FullWeights, Llava, LlavaBundle};
 pub use lora::{LoraConfig, PeftLayout, TargetModule};
 pub use processor::ImageProcessor;
 pub use tokenizer::LlavaTokenizer;

@@ -213,9 +213,113 @@ impl LlavaTokenizer {
     }
 }
 
+/// Special tokens of a tokenizer made by [`train_small_tokenizer`], in id
+/// order: `<unk>` 0, `<s>` 1, `</s>` 2, then after the learned vocabulary
+/// `<image>` and `<pad>`.
+pub const SMALL_SPECIALS: [&str; 3] = ["<unk>", "<s>", "</s>"];
+
+/// Trains a small Llama-style BPE tokenizer on `texts`: SentencePiece-like
+/// `▁` word boundaries (Metaspace, prepended to the first word), digits
+/// always split one by one (so box coordinates are sequences of digit
+/// tokens, as in Llama), every printable ASCII character and newline in the
+/// alphabet so any ASCII text encodes without `<unk>`, BOS added by the
+/// post-processor. `vocab_size` counts everything but `<image>` and
+/// `<pad>`, which are added after the learned tokens. Deterministic for the
+/// same texts.
+pub fn train_small_tokenizer(texts: &[String], vocab_size: usize) -> Result<tokenizers::Tokenizer> {
+    use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+    use tokenizers::models::TrainerWrapper;
+    use tokenizers::pre_tokenizers::digits::Digits;
+    use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    use tokenizers::processors::template::TemplateProcessing;
+    use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper};
+
+    let fail = |message: String| ModelError::Tokenizer {
+        path: PathBuf::from("<training>"),
+        message,
+    };
+    let model = BPE::builder()
+        .unk_token(SMALL_SPECIALS[0].into())
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    let mut tokenizer = tokenizers::Tokenizer::new(model);
+    let metaspace = Metaspace::new('▁', PrependScheme::First, true);
+    tokenizer.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
+        PreTokenizerWrapper::Metaspace(metaspace.clone()),
+        PreTokenizerWrapper::Digits(Digits::new(true)),
+    ]))));
+    tokenizer.with_decoder(Some(DecoderWrapper::Metaspace(metaspace)));
+    let alphabet: std::collections::HashSet<char> = (' '..='~')
+        .chain(['\n', '▁'])
+        .filter(|c| *c != ' ')
+        .collect();
+    let specials: Vec<AddedToken> = SMALL_SPECIALS
+        .iter()
+        .map(|t| AddedToken::from(*t, true))
+        .collect();
+    let mut trainer = TrainerWrapper::BpeTrainer(
+        BpeTrainerBuilder::new()
+            .vocab_size(vocab_size)
+            .min_frequency(2)
+            .show_progress(false)
+            .special_tokens(specials)
+            .initial_alphabet(alphabet)
+            .build(),
+    );
+    tokenizer
+        .train(&mut trainer, texts.iter())
+        .map_err(|e| fail(e.to_string()))?;
+    tokenizer
+        .add_special_tokens([
+            AddedToken::from(IMAGE_TOKEN, true),
+            AddedToken::from("<pad>", true),
+        ])
+        .map_err(|e| fail(e.to_string()))?;
+    let post = TemplateProcessing::builder()
+        .try_single("<s> $A")
+        .map_err(|e| fail(e.to_string()))?
+        .try_pair("<s> $A <s> $B")
+        .map_err(|e| fail(e.to_string()))?
+        .special_tokens(vec![("<s>", 1)])
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    tokenizer.with_post_processor(Some(post));
+    Ok(tokenizer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_tokenizer_round_trips_grounded_text_and_is_deterministic() {
+        let texts: Vec<String> = (0..50)
+            .map(|i| {
+                format!(
+                    "USER: <image>\nDescribe the region. ASSISTANT: a red circle [{}, {}, {}, {}] on the left.",
+                    i * 7 % 1000,
+                    i * 13 % 1000,
+                    i * 29 % 1000,
+                    999 - i
+                )
+            })
+            .collect();
+        let a = train_small_tokenizer(&texts, 120).unwrap();
+        let b = train_small_tokenizer(&texts, 120).unwrap();
+        assert_eq!(a.to_string(false).unwrap(), b.to_string(false).unwrap());
+        let text = "a blue diamond [12, 340, 999, 7] at the top, {x}!";
+        let enc = a.encode(text, true).unwrap();
+        assert_eq!(enc.get_ids()[0], 1, "BOS first");
+        assert!(!enc.get_ids().contains(&0), "no <unk>: {:?}", enc.get_tokens());
+        // Digits are single tokens.
+        assert!(enc.get_tokens().iter().any(|t| t == "3"));
+        assert!(!enc.get_tokens().iter().any(|t| t.chars().filter(char::is_ascii_digit).count() > 1));
+        assert_eq!(a.decode(enc.get_ids(), true).unwrap(), text);
+        let image = a.token_to_id(IMAGE_TOKEN).unwrap();
+        assert_eq!(a.token_to_id("<pad>"), Some(image + 1));
+        assert_eq!(a.get_vocab_size(true), image as usize + 2);
+    }
 
     #[test]
     fn chat_prompt_matches_llava_hf_template() {

@@ -5,7 +5,10 @@
 //! - a TRL-layout JSONL ([`load_trl`]), as [`crate::core::pipeline::export_trl`]
 //!   writes it (`export/trl_pairs.jsonl`): `{"images": [path], "prompt":
 //!   [user turn], "chosen": [assistant turn], "rejected": [assistant turn]}`,
-//!   image paths relative to the file;
+//!   image paths relative to the file. Supervised rows in TRL's
+//!   prompt–completion layout (`"completion"` instead of `"chosen"` /
+//!   `"rejected"`) load as chosen-only examples, for `sft` (see
+//!   [`DataOptions::require_rejected`] and [`collate_chosen`]);
 //! - a project's `pairs.jsonl` ([`load_project_pairs`]): the image is the
 //!   image root joined with `file_name`, cropped to `crop`, and the pair's
 //!   stored scores give the fDPO reward gaps
@@ -41,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::geometry::Bbox;
 use crate::core::imageio::{self, ImageLoadError};
-use crate::core::pipeline::{TrlMessage, TrlRecord};
+use crate::core::pipeline::TrlMessage;
 use crate::core::project::{PairRecord, FORMAT_VERSION};
 use crate::core::rng::SplitMix64;
 use crate::model::tokenizer::{chat_prompt, LlavaTokenizer, IMAGE_TOKEN};
@@ -152,6 +155,10 @@ pub enum SkipReason {
         /// Its words.
         message: String,
     },
+    /// A supervised (prompt–completion) row where the objective needs a
+    /// preference pair.
+    #[error("no rejected response (a prompt–completion row; only sft trains on those)")]
+    MissingRejected,
     /// The segmenter could not label a response's tokens.
     #[error("segmenter: {message}")]
     Segment {
@@ -184,6 +191,9 @@ pub struct DataOptions {
     /// Decode every image (and check its crop) while loading; otherwise
     /// only check that the file exists.
     pub verify_images: bool,
+    /// Skip rows without a rejected response (every objective but `sft`
+    /// needs one).
+    pub require_rejected: bool,
 }
 
 impl Default for DataOptions {
@@ -192,6 +202,7 @@ impl Default for DataOptions {
             max_len: 2048,
             append_eos: true,
             verify_images: true,
+            require_rejected: true,
         }
     }
 }
@@ -231,6 +242,7 @@ pub struct PairExample {
     /// Chosen response ids (EOS last when appended).
     pub chosen_ids: Vec<u32>,
     /// Rejected response ids (EOS last when appended).
+    /// Empty for a supervised (prompt–completion) row.
     pub rejected_ids: Vec<u32>,
     /// Segment id of every chosen token, when loaded with a segmenter.
     pub chosen_segments: Option<Vec<u32>>,
@@ -282,7 +294,8 @@ struct RawPair {
     image: ImageRef,
     prompt: String,
     chosen: String,
-    rejected: String,
+    /// `None` for a supervised row.
+    rejected: Option<String>,
     reward_gaps: Option<[f32; 2]>,
 }
 
@@ -297,7 +310,7 @@ pub fn load_trl(
 ) -> Result<PairDataset> {
     let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
     load_with(path, tokenizer, options, segmenter, |line, bytes| {
-        let rec: TrlRecord = serde_json::from_slice(bytes).map_err(|e| SkipReason::Malformed {
+        let rec: TrlRow = serde_json::from_slice(bytes).map_err(|e| SkipReason::Malformed {
             message: e.to_string(),
         })?;
         trl_raw(&rec, &base, line)
@@ -333,7 +346,7 @@ pub fn load_project_pairs(
             prompt: prompt.to_string(),
             reward_gaps: Some(spr_pair_reward_gaps(&pair)),
             chosen: pair.chosen,
-            rejected: pair.rejected,
+            rejected: Some(pair.rejected),
         })
     })
 }
@@ -375,8 +388,31 @@ fn turn_text(messages: &[TrlMessage], role: &str) -> String {
     parts.join(" ")
 }
 
-fn trl_raw(rec: &TrlRecord, base: &Path, line: usize) -> std::result::Result<RawPair, SkipReason> {
+/// A TRL row: a preference pair ([`crate::core::pipeline::TrlRecord`]) or
+/// a supervised example ([`crate::core::pipeline::TrlSftRecord`]).
+#[derive(Deserialize)]
+struct TrlRow {
+    images: Vec<String>,
+    prompt: Vec<TrlMessage>,
+    #[serde(default)]
+    chosen: Option<Vec<TrlMessage>>,
+    #[serde(default)]
+    rejected: Option<Vec<TrlMessage>>,
+    #[serde(default)]
+    completion: Option<Vec<TrlMessage>>,
+}
+
+fn trl_raw(rec: &TrlRow, base: &Path, line: usize) -> std::result::Result<RawPair, SkipReason> {
     let layout = |message: String| SkipReason::Layout { message };
+    let (chosen, rejected) = match (&rec.chosen, &rec.rejected, &rec.completion) {
+        (Some(c), Some(r), None) => (c, Some(r)),
+        (None, None, Some(c)) => (c, None),
+        _ => {
+            return Err(layout(
+                "expected `chosen` and `rejected` (a pair) or `completion` (supervised)".into(),
+            ))
+        }
+    };
     if rec.images.len() != 1 {
         return Err(layout(format!(
             "expected 1 image, found {}",
@@ -404,8 +440,8 @@ fn trl_raw(rec: &TrlRecord, base: &Path, line: usize) -> std::result::Result<Raw
             crop: None,
         },
         prompt: turn_text(&rec.prompt, "user"),
-        chosen: turn_text(&rec.chosen, "assistant"),
-        rejected: turn_text(&rec.rejected, "assistant"),
+        chosen: turn_text(chosen, "assistant"),
+        rejected: rejected.map(|r| turn_text(r, "assistant")),
         reward_gaps: None,
     })
 }
@@ -495,10 +531,14 @@ fn build_example(
     options: &DataOptions,
     segmenter: Option<&dyn Segmenter>,
 ) -> std::result::Result<PairExample, SkipReason> {
+    let rejected = raw.rejected.as_deref();
+    if rejected.is_none() && options.require_rejected {
+        return Err(SkipReason::MissingRejected);
+    }
     for (field, text) in [
-        ("prompt", &raw.prompt),
-        ("chosen", &raw.chosen),
-        ("rejected", &raw.rejected),
+        ("prompt", raw.prompt.as_str()),
+        ("chosen", raw.chosen.as_str()),
+        ("rejected", rejected.unwrap_or("")),
     ] {
         if text.contains(IMAGE_TOKEN) {
             return Err(SkipReason::ImageTokenInText {
@@ -506,8 +546,8 @@ fn build_example(
             });
         }
     }
-    for (side, text) in [(Side::Chosen, &raw.chosen), (Side::Rejected, &raw.rejected)] {
-        if text.trim().is_empty() {
+    for (side, text) in [(Side::Chosen, Some(raw.chosen.as_str())), (Side::Rejected, rejected)] {
+        if text.is_some_and(|t| t.trim().is_empty()) {
             return Err(SkipReason::EmptyResponse { side });
         }
     }
@@ -524,16 +564,19 @@ fn build_example(
         options.append_eos,
         segmenter,
     )?;
-    let (rejected_ids, rejected_segments) = encode_response(
-        tokenizer,
-        &chat,
-        raw.rejected.trim(),
-        options.append_eos,
-        segmenter,
-    )?;
+    let (rejected_ids, rejected_segments) = match rejected {
+        Some(text) => encode_response(
+            tokenizer,
+            &chat,
+            text.trim(),
+            options.append_eos,
+            segmenter,
+        )?,
+        None => (Vec::new(), None),
+    };
     let eos = usize::from(options.append_eos && !tokenizer.eos_token_ids().is_empty());
     for (side, ids) in [(Side::Chosen, &chosen_ids), (Side::Rejected, &rejected_ids)] {
-        if ids.len() <= eos {
+        if (side == Side::Chosen || rejected.is_some()) && ids.len() <= eos {
             return Err(SkipReason::EmptyResponse { side });
         }
     }
@@ -592,6 +635,8 @@ pub struct Batch {
     pub n_pairs: usize,
     /// Real (non-padding) tokens in the batch, for `tokens_per_s`.
     pub n_tokens: usize,
+    /// Only the `B` chosen rows ([`collate_chosen`]).
+    pub chosen_only: bool,
 }
 
 /// One row of a batch: its pair, response ids and response segments.
@@ -599,10 +644,6 @@ type Row<'a> = (&'a PairExample, &'a [u32], Option<&'a Vec<u32>>);
 
 /// Builds a [`Batch`] from `examples` (see its docs for the layout).
 pub fn collate(examples: &[&PairExample], pad_id: u32, device: &Device) -> Result<Batch> {
-    if examples.is_empty() {
-        return Err(DataError::EmptyBatch);
-    }
-    let b = examples.len();
     let rows: Vec<Row> = examples
         .iter()
         .map(|e| (*e, e.chosen_ids.as_slice(), e.chosen_segments.as_ref()))
@@ -612,6 +653,31 @@ pub fn collate(examples: &[&PairExample], pad_id: u32, device: &Device) -> Resul
                 .map(|e| (*e, e.rejected_ids.as_slice(), e.rejected_segments.as_ref())),
         )
         .collect();
+    collate_rows(examples, &rows, pad_id, device)
+}
+
+/// Builds a batch of the chosen responses only: `B` rows, one per example
+/// (supervised training; [`Batch::chosen_only`] is set).
+pub fn collate_chosen(examples: &[&PairExample], pad_id: u32, device: &Device) -> Result<Batch> {
+    let rows: Vec<Row> = examples
+        .iter()
+        .map(|e| (*e, e.chosen_ids.as_slice(), e.chosen_segments.as_ref()))
+        .collect();
+    let mut batch = collate_rows(examples, &rows, pad_id, device)?;
+    batch.chosen_only = true;
+    Ok(batch)
+}
+
+fn collate_rows(
+    examples: &[&PairExample],
+    rows: &[Row],
+    pad_id: u32,
+    device: &Device,
+) -> Result<Batch> {
+    if examples.is_empty() {
+        return Err(DataError::EmptyBatch);
+    }
+    let b = examples.len();
     let t = rows
         .iter()
         .map(|(e, r, _)| e.prompt_ids.len() + r.len())
@@ -663,6 +729,7 @@ pub fn collate(examples: &[&PairExample], pad_id: u32, device: &Device) -> Resul
         images: examples.iter().map(|e| e.image.clone()).collect(),
         n_pairs: b,
         n_tokens,
+        chosen_only: false,
     })
 }
 

@@ -14,6 +14,14 @@
 //!   renamed, so a checkpoint is either complete or absent;
 //! - `adapter/`: the final adapter.
 //!
+//! With `tune = "full"` every language-model and projector weight trains
+//! instead of adapters (used to train the tiny demo model from scratch):
+//! checkpoints hold `weights.safetensors` (the trainable tensors) in place
+//! of `adapter/`, and the run ends with `model/`, a complete llava-hf
+//! folder. With the `sft` objective only the chosen responses are run (one
+//! row per example, no reference model), and TRL's prompt–completion rows
+//! are accepted.
+//!
 //! The optimizer is our own AdamW over the adapter [`Var`]s, with
 //! `torch.optim.AdamW`'s update (decoupled weight decay, bias-corrected
 //! moments, `ε` added after the square root), so its state can be saved.
@@ -33,10 +41,10 @@ use image::DynamicImage;
 use serde::{Deserialize, Serialize};
 
 use crate::model::lora::PeftLayout;
-use crate::model::{LlavaBundle, LoraConfig, ModelError, TargetModule};
+use crate::model::{FullWeights, LlavaBundle, LoraConfig, ModelError, TargetModule};
 use crate::train::data::{self, Batch, DataError, DataOptions, DataOrder, PairExample};
 use crate::train::objectives::{
-    self, LogpSums, Metrics, ObjectiveConfig, ObjectiveError, PairLogps,
+    self, LogpSums, Metrics, Objective, ObjectiveConfig, ObjectiveError, PairLogps,
 };
 use crate::train::schedule::{clip_grad_norm, LrSchedule, ScheduleError};
 use crate::train::segment::SegmenterConfig;
@@ -51,8 +59,12 @@ pub mod files {
     pub const REF_LOGPS: &str = "ref_logps.safetensors";
     /// The final adapter folder.
     pub const ADAPTER: &str = "adapter";
+    /// The final model folder of a full fine-tuning run.
+    pub const MODEL: &str = "model";
     /// Inside a checkpoint: the adapter folder.
     pub const CKPT_ADAPTER: &str = "adapter";
+    /// Inside a checkpoint of a full fine-tuning run: the trainable weights.
+    pub const CKPT_WEIGHTS: &str = "weights.safetensors";
     /// Inside a checkpoint: AdamW moments.
     pub const CKPT_OPTIMIZER: &str = "optimizer.safetensors";
     /// Inside a checkpoint: step, data order, optimizer step count.
@@ -149,6 +161,30 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     }
 }
 
+/// What a run trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tune {
+    /// LoRA adapters on the decoder linears; the base weights stay frozen.
+    #[default]
+    Lora,
+    /// Every language-model and projector weight (the vision tower stays
+    /// frozen). For small models: memory grows with the model.
+    Full,
+}
+
+impl std::str::FromStr for Tune {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "lora" => Ok(Tune::Lora),
+            "full" => Ok(Tune::Full),
+            other => Err(format!("unknown tuning `{other}` (expected lora or full)")),
+        }
+    }
+}
+
 /// Everything a run needs, written to `config.json` so it can be
 /// reproduced and resumed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -164,6 +200,9 @@ pub struct TrainConfig {
     /// Segmenter for fDPO (per-segment log-probs); `None` otherwise.
     #[serde(default)]
     pub segmenter: Option<SegmenterConfig>,
+    /// What trains (LoRA adapters unless `full`).
+    #[serde(default)]
+    pub tune: Tune,
     /// LoRA rank.
     pub lora_r: usize,
     /// LoRA α.
@@ -210,6 +249,7 @@ impl TrainConfig {
             data: data.into(),
             objective: ObjectiveConfig::default(),
             segmenter: None,
+            tune: Tune::Lora,
             lora_r: 128,
             lora_alpha: 256.0,
             lora_targets: TargetModule::ALL.to_vec(),
@@ -250,10 +290,10 @@ impl TrainConfig {
                 message: message.to_string(),
             })
         };
-        if self.lora_r == 0 {
+        if self.tune == Tune::Lora && self.lora_r == 0 {
             return bad("lora_r", "must be at least 1");
         }
-        if self.lora_targets.is_empty() {
+        if self.tune == Tune::Lora && self.lora_targets.is_empty() {
             return bad("lora_targets", "must name at least one module");
         }
         if self.total_steps == 0 {
@@ -313,6 +353,9 @@ pub struct StepLog {
     pub grad_norm: f64,
     /// Real tokens processed per second in this step.
     pub tokens_per_s: f64,
+    /// A supervised step (chosen responses only): the reward metrics mean
+    /// nothing and are left out of the JSON line.
+    pub chosen_only: bool,
 }
 
 impl StepLog {
@@ -323,7 +366,9 @@ impl StepLog {
         map.insert("step".into(), self.step.into());
         map.insert("epoch".into(), self.epoch.into());
         for (name, v) in self.metrics.named() {
-            map.insert(name.into(), v.into());
+            if !self.chosen_only || matches!(name, "loss" | "logps/chosen") {
+                map.insert(name.into(), v.into());
+            }
         }
         map.insert("lr".into(), self.lr.into());
         map.insert("grad_norm".into(), self.grad_norm.into());
@@ -343,8 +388,9 @@ pub struct RunSummary {
     pub losses: Vec<f64>,
     /// The last checkpoint written, if any.
     pub last_checkpoint: Option<PathBuf>,
-    /// The final adapter folder (`None` when stopped early).
-    pub adapter: Option<PathBuf>,
+    /// The final adapter folder, or the model folder of a full
+    /// fine-tuning run (`None` when stopped early).
+    pub output: Option<PathBuf>,
     /// Pairs used for training.
     pub examples: usize,
     /// Pairs skipped while loading (bad lines, too long, ...), each with
@@ -581,7 +627,8 @@ impl FeatureCache {
         Ok(feats)
     }
 
-    /// Features `[2B, N, H]` for a batch (the pairs' features twice).
+    /// Features for a batch's rows: `[2B, N, H]` (the pairs' features
+    /// twice), or `[B, N, H]` for a chosen-only batch.
     fn batch(&mut self, bundle: &LlavaBundle, batch: &Batch) -> Result<Tensor> {
         let each = batch
             .images
@@ -589,6 +636,9 @@ impl FeatureCache {
             .map(|im| self.get(bundle, im))
             .collect::<Result<Vec<_>>>()?;
         let once = Tensor::cat(&each, 0)?;
+        if batch.chosen_only {
+            return Ok(once);
+        }
         Ok(Tensor::cat(&[&once, &once], 0)?)
     }
 }
@@ -684,6 +734,7 @@ fn reference_logps(
 fn save_checkpoint(
     run_dir: &Path,
     bundle: &LlavaBundle,
+    full: Option<&FullWeights>,
     opt: &AdamW,
     state: &TrainerState,
 ) -> Result<PathBuf> {
@@ -693,9 +744,19 @@ fn save_checkpoint(
         fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     }
     fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    bundle
-        .model
-        .save_adapter(&tmp.join(files::CKPT_ADAPTER), PeftLayout::Current)?;
+    match full {
+        Some(w) => {
+            let map: HashMap<String, Tensor> = w
+                .trainable
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+                .collect();
+            candle_core::safetensors::save(&map, tmp.join(files::CKPT_WEIGHTS))?;
+        }
+        None => bundle
+            .model
+            .save_adapter(&tmp.join(files::CKPT_ADAPTER), PeftLayout::Current)?,
+    }
     opt.save(&tmp.join(files::CKPT_OPTIMIZER))?;
     write_json(&tmp.join(files::CKPT_STATE), state)?;
     if dir.exists() {
@@ -703,6 +764,29 @@ fn save_checkpoint(
     }
     fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
     Ok(dir)
+}
+
+/// Restores a full fine-tuning checkpoint's trainable weights in place.
+fn load_full_weights(path: &Path, weights: &FullWeights, device: &Device) -> Result<()> {
+    let map = candle_core::safetensors::load(path, device)?;
+    for (name, var) in &weights.trainable {
+        let x = map.get(name).ok_or_else(|| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!("missing tensor {name}"),
+        })?;
+        if x.dims() != var.dims() {
+            return Err(TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                message: format!(
+                    "{name}: shape {:?}, the model has {:?}",
+                    x.dims(),
+                    var.dims()
+                ),
+            });
+        }
+        var.set(&x.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
 }
 
 /// Loads the training pairs from `data`: an SPR project folder (holding
@@ -742,8 +826,18 @@ fn run(
     stop: &AtomicBool,
 ) -> Result<RunSummary> {
     let device = Device::cuda_if_available(0)?;
-    let mut bundle = LlavaBundle::load(&cfg.model, &device)?;
-    bundle.model.add_lora(&cfg.lora(), cfg.seed)?;
+    let (mut bundle, full) = match cfg.tune {
+        Tune::Lora => {
+            let mut bundle = LlavaBundle::load(&cfg.model, &device)?;
+            bundle.model.add_lora(&cfg.lora(), cfg.seed)?;
+            (bundle, None)
+        }
+        Tune::Full => {
+            let (bundle, weights) = LlavaBundle::load_full(&cfg.model, &device)?;
+            (bundle, Some(weights))
+        }
+    };
+    let sft = cfg.objective.objective == Objective::Sft;
     let segmenter = cfg.segmenter.as_ref().map(|s| s.build());
     let n_segments = if cfg.objective.objective.needs_segments() {
         segmenter.as_ref().map(|s| s.n_segments())
@@ -752,6 +846,7 @@ fn run(
     };
     let options = DataOptions {
         max_len: cfg.max_len,
+        require_rejected: !sft,
         ..DataOptions::default()
     };
     let seg: Option<&dyn crate::train::segment::Segmenter> = if n_segments.is_some() {
@@ -775,15 +870,23 @@ fn run(
     let mut features = FeatureCache {
         map: HashMap::new(),
     };
-    let (ref_c, ref_r) = reference_logps(
-        &mut bundle,
-        &dataset.examples,
-        &mut features,
-        n_segments,
-        run_dir,
-    )?;
-
-    let mut opt = AdamW::new(bundle.model.named_trainable_vars(), cfg)?;
+    // Supervised steps need no reference model.
+    let refs = if sft {
+        None
+    } else {
+        Some(reference_logps(
+            &mut bundle,
+            &dataset.examples,
+            &mut features,
+            n_segments,
+            run_dir,
+        )?)
+    };
+    let trainable = |bundle: &LlavaBundle| match &full {
+        Some(w) => w.trainable.clone(),
+        None => bundle.model.named_trainable_vars(),
+    };
+    let mut opt = AdamW::new(trainable(&bundle), cfg)?;
     let mut state = TrainerState {
         step: 0,
         data_order: DataOrder::new(cfg.seed),
@@ -791,9 +894,14 @@ fn run(
     };
     let mut last_checkpoint = None;
     if let Some((ckpt, saved)) = from {
-        bundle.model.load_adapter(&ckpt.join(files::CKPT_ADAPTER))?;
-        // `load_adapter` replaces the vars: the optimizer must follow.
-        opt = AdamW::new(bundle.model.named_trainable_vars(), cfg)?;
+        match &full {
+            Some(w) => load_full_weights(&ckpt.join(files::CKPT_WEIGHTS), w, &device)?,
+            None => {
+                bundle.model.load_adapter(&ckpt.join(files::CKPT_ADAPTER))?;
+                // `load_adapter` replaces the vars: the optimizer must follow.
+                opt = AdamW::new(trainable(&bundle), cfg)?;
+            }
+        }
         opt.load(&ckpt.join(files::CKPT_OPTIMIZER), saved.adam_step, &device)?;
         state = saved;
         last_checkpoint = Some(ckpt);
@@ -812,7 +920,13 @@ fn run(
 
     while state.step < cfg.total_steps {
         if stop.load(Ordering::SeqCst) {
-            last_checkpoint = Some(save_checkpoint(run_dir, &bundle, &opt, &state)?);
+            last_checkpoint = Some(save_checkpoint(
+                run_dir,
+                &bundle,
+                full.as_ref(),
+                &opt,
+                &state,
+            )?);
             stopped = true;
             break;
         }
@@ -825,7 +939,11 @@ fn run(
         for _ in 0..cfg.grad_accum {
             let idx = state.data_order.next_batch(n, cfg.batch_size);
             let picked: Vec<&PairExample> = idx.iter().map(|&i| &dataset.examples[i]).collect();
-            let batch = data::collate(&picked, pad, &device)?;
+            let batch = if sft {
+                data::collate_chosen(&picked, pad, &device)?
+            } else {
+                data::collate(&picked, pad, &device)?
+            };
             tokens += batch.n_tokens;
             let feats = features.batch(&bundle, &batch)?;
             let sums = batch_logps(&bundle, &batch, &feats, n_segments)?;
@@ -844,18 +962,34 @@ fn run(
             };
             let half =
                 |t: &Tensor, start: usize| -> Result<Tensor> { squeeze(t.narrow(0, start, b)?) };
-            let logps = PairLogps::from_sums(
-                LogpSums {
-                    sum: half(&sums.sum, 0)?,
-                    tokens: half(&sums.tokens, 0)?,
-                },
-                LogpSums {
-                    sum: half(&sums.sum, b)?,
-                    tokens: half(&sums.tokens, b)?,
-                },
-                &squeeze(ref_c.index_select(&ids, 0)?)?,
-                &squeeze(ref_r.index_select(&ids, 0)?)?,
-            );
+            let chosen = LogpSums {
+                sum: half(&sums.sum, 0)?,
+                tokens: half(&sums.tokens, 0)?,
+            };
+            let logps = match &refs {
+                Some((ref_c, ref_r)) => PairLogps::from_sums(
+                    chosen,
+                    LogpSums {
+                        sum: half(&sums.sum, b)?,
+                        tokens: half(&sums.tokens, b)?,
+                    },
+                    &squeeze(ref_c.index_select(&ids, 0)?)?,
+                    &squeeze(ref_r.index_select(&ids, 0)?)?,
+                ),
+                // `sft` reads only the chosen side.
+                None => {
+                    let zeros = chosen.sum.zeros_like()?.detach();
+                    PairLogps::from_sums(
+                        chosen,
+                        LogpSums {
+                            sum: zeros.clone(),
+                            tokens: zeros.clone(),
+                        },
+                        &zeros,
+                        &zeros,
+                    )
+                }
+            };
             let gaps = batch
                 .reward_gaps
                 .as_ref()
@@ -863,7 +997,7 @@ fn run(
                 .transpose()?;
             let out = objectives::compute(&cfg.objective, &logps, gaps.as_ref())?;
             if !out.metrics.loss.is_finite() {
-                let checkpoint = save_checkpoint(run_dir, &bundle, &opt, &before)?;
+                let checkpoint = save_checkpoint(run_dir, &bundle, full.as_ref(), &opt, &before)?;
                 return Err(TrainError::NonFinite {
                     step: before.step + 1,
                     loss: out.metrics.loss,
@@ -920,6 +1054,7 @@ fn run(
             lr,
             grad_norm,
             tokens_per_s: tokens as f64 / secs,
+            chosen_only: sft,
         };
         losses.push(log.metrics.loss);
         let line = format!("{}\n", log.to_json());
@@ -929,12 +1064,22 @@ fn run(
             .map_err(io_err(&events_path))?;
         progress(&log);
         if cfg.checkpoint_every > 0 && state.step % cfg.checkpoint_every == 0 {
-            last_checkpoint = Some(save_checkpoint(run_dir, &bundle, &opt, &state)?);
+            last_checkpoint = Some(save_checkpoint(
+                run_dir,
+                &bundle,
+                full.as_ref(),
+                &opt,
+                &state,
+            )?);
         }
     }
 
-    let adapter = if stopped {
+    let output = if stopped {
         None
+    } else if let Some(w) = &full {
+        let dir = run_dir.join(files::MODEL);
+        w.save_model(&dir, bundle.model.config(), &bundle.dir)?;
+        Some(dir)
     } else {
         let dir = run_dir.join(files::ADAPTER);
         bundle.model.save_adapter(&dir, PeftLayout::Current)?;
@@ -945,7 +1090,7 @@ fn run(
         stopped,
         losses,
         last_checkpoint,
-        adapter,
+        output,
         examples: n,
         skipped: dataset.skipped,
     })

@@ -103,6 +103,60 @@ pub enum Command {
     Bench(BenchCommand),
     /// Train on a TRL-layout JSONL or a project's pairs: LoRA or full, DPO-family or SFT.
     Train(TrainArgs),
+    /// The tiny demo model: SFT data, initial model, evaluation.
+    #[command(subcommand)]
+    Tiny(TinyCommand),
+}
+
+/// Steps of making and checking the tiny demo model
+/// (`scripts/make_tiny_model.sh` runs them in order).
+#[derive(Debug, Subcommand)]
+pub enum TinyCommand {
+    /// Synthetic scenes → region crops + prompt–completion JSONL (grounded
+    /// descriptions and REC answers) + the tokenizer corpus.
+    Data {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Scenes drawn.
+        #[arg(long, default_value_t = 300)]
+        scenes: usize,
+        /// Seed of the scenes (the demo project's is 2025).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Tokenizer trained on a corpus + tiny config + random weights → a
+    /// llava-hf model folder.
+    Init {
+        /// Corpus, one text per line (`corpus.txt` from `spr tiny data`).
+        #[arg(long)]
+        corpus: PathBuf,
+        /// Output model folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Describe a project's regions with a model; print the parse rate and
+    /// SPR's localization score.
+    Eval {
+        /// Model folder (llava-hf layout).
+        #[arg(long)]
+        model: String,
+        /// Project whose regions are described.
+        #[arg(long, default_value = "assets/demo")]
+        project: PathBuf,
+        /// Regions described at most.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Most tokens per answer.
+        #[arg(long, default_value_t = 160)]
+        max_new_tokens: usize,
+        /// Write the generations here as JSONL.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Benchmarks.
@@ -218,6 +272,7 @@ pub fn run(cli: Cli) -> Result<()> {
             keep.as_deref(),
         ),
         Some(Command::Train(args)) => train(&args),
+        Some(Command::Tiny(cmd)) => tiny(cmd),
     }
 }
 
@@ -520,6 +575,63 @@ fn show(dir: &Path) -> Result<()> {
         count(files::SCORES),
         count(files::PAIRS)
     );
+    Ok(())
+}
+
+/// `spr tiny ...`.
+fn tiny(cmd: TinyCommand) -> Result<()> {
+    use crate::demo::tiny;
+    match cmd {
+        TinyCommand::Data { out, scenes, seed } => {
+            let s = tiny::write_sft_data(&out, &tiny::SftDataConfig { scenes, seed })?;
+            println!(
+                "tiny data: {} description rows + {} REC rows → {}",
+                s.descriptions,
+                s.rec,
+                s.file.display()
+            );
+        }
+        TinyCommand::Init { corpus, out, seed } => {
+            let n = tiny::init_model(&out, &corpus, seed)?;
+            println!(
+                "tiny init: {:.2}M parameters (random) → {}",
+                n as f64 / 1e6,
+                out.display()
+            );
+        }
+        TinyCommand::Eval {
+            model,
+            project,
+            limit,
+            max_new_tokens,
+            out,
+        } => {
+            let pb = bar(0, "describe");
+            let r = tiny::evaluate(&model, &project, limit, max_new_tokens, &|i, n| {
+                pb.set_length(n as u64);
+                pb.set_position(i as u64);
+            })?;
+            pb.finish_and_clear();
+            for g in r.generations.iter().take(3) {
+                println!("{}: {}", g.query_id, g.text);
+            }
+            println!(
+                "tiny eval: {} regions, parse rate {:.2}, mean localization {:.3}, {:.1} tokens/s",
+                r.generations.len(),
+                r.parse_rate(),
+                r.mean_localization(),
+                r.tokens as f64 / r.seconds.max(1e-9)
+            );
+            if let Some(out) = out {
+                let mut text = String::new();
+                for g in &r.generations {
+                    text.push_str(&serde_json::to_string(g)?);
+                    text.push('\n');
+                }
+                crate::core::project::write_atomic(&out, text.as_bytes())?;
+            }
+        }
+    }
     Ok(())
 }
 

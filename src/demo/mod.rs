@@ -23,6 +23,8 @@
 //! can be checked against a fresh run. The descriptions are templated, not
 //! written by any model.
 
+pub mod tiny;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;

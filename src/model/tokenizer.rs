@@ -311,10 +311,17 @@ mod tests {
         let text = "a blue diamond [12, 340, 999, 7] at the top, {x}!";
         let enc = a.encode(text, true).unwrap();
         assert_eq!(enc.get_ids()[0], 1, "BOS first");
-        assert!(!enc.get_ids().contains(&0), "no <unk>: {:?}", enc.get_tokens());
+        assert!(
+            !enc.get_ids().contains(&0),
+            "no <unk>: {:?}",
+            enc.get_tokens()
+        );
         // Digits are single tokens.
         assert!(enc.get_tokens().iter().any(|t| t == "3"));
-        assert!(!enc.get_tokens().iter().any(|t| t.chars().filter(char::is_ascii_digit).count() > 1));
+        assert!(!enc
+            .get_tokens()
+            .iter()
+            .any(|t| t.chars().filter(char::is_ascii_digit).count() > 1));
         assert_eq!(a.decode(enc.get_ids(), true).unwrap(), text);
         let image = a.token_to_id(IMAGE_TOKEN).unwrap();
         assert_eq!(a.token_to_id("<pad>"), Some(image + 1));

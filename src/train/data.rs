@@ -546,7 +546,10 @@ fn build_example(
             });
         }
     }
-    for (side, text) in [(Side::Chosen, Some(raw.chosen.as_str())), (Side::Rejected, rejected)] {
+    for (side, text) in [
+        (Side::Chosen, Some(raw.chosen.as_str())),
+        (Side::Rejected, rejected),
+    ] {
         if text.is_some_and(|t| t.trim().is_empty()) {
             return Err(SkipReason::EmptyResponse { side });
         }
@@ -565,13 +568,9 @@ fn build_example(
         segmenter,
     )?;
     let (rejected_ids, rejected_segments) = match rejected {
-        Some(text) => encode_response(
-            tokenizer,
-            &chat,
-            text.trim(),
-            options.append_eos,
-            segmenter,
-        )?,
+        Some(text) => {
+            encode_response(tokenizer, &chat, text.trim(), options.append_eos, segmenter)?
+        }
         None => (Vec::new(), None),
     };
     let eos = usize::from(options.append_eos && !tokenizer.eos_token_ids().is_empty());

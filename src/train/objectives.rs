@@ -769,6 +769,109 @@ pub fn segment_logps(
     Ok(LogpSums { sum, tokens })
 }
 
+/// Per-segment summed log-probs, `[batch, n_segments]`, from the final
+/// hidden states `[batch, T, H]`, running the output `head` (`[N, H]` →
+/// `[N, vocab]`) only at the positions that predict a counted label.
+///
+/// Same result as [`segment_logps`] (or, with `segments = None`, one
+/// segment: [`sequence_logps`]) on `head(hidden)`, with the same shift
+/// convention, without computing the `(T × vocab)` logits of the prompt,
+/// image and padding positions: in preference training the prompt (576
+/// image tokens on LLaVA-1.5) is most of the sequence, and the vocabulary
+/// product and its log-sum-exp are the largest single cost after the
+/// layers. `segments` is `(segment_ids, n_segments)` as in
+/// [`segment_logps`].
+pub fn response_logps(
+    hidden: &Tensor,
+    head: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+    labels: &Tensor,
+    loss_mask: &Tensor,
+    segments: Option<(&Tensor, usize)>,
+) -> Result<LogpSums> {
+    let (b, t, h) = hidden.dims3()?;
+    let n_seg = segments.map_or(1, |(_, n)| n);
+    if n_seg == 0 {
+        return Err(ObjectiveError::Input {
+            name: "n_segments",
+            message: "must be at least 1".into(),
+        });
+    }
+    let mut checks = vec![("labels", labels), ("loss_mask", loss_mask)];
+    if let Some((ids, _)) = segments {
+        checks.push(("segment_ids", ids));
+    }
+    for (name, x) in checks {
+        if x.dims() != [b, t] {
+            return Err(ObjectiveError::Shape {
+                name,
+                got: x.dims().to_vec(),
+                expected: format!("[{b}, {t}] (batch and length of the hidden states)"),
+            });
+        }
+    }
+    let mask = loss_mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let ids = labels.to_dtype(DType::I64)?.to_vec2::<i64>()?;
+    let segs = match segments {
+        Some((s, _)) => Some(s.to_dtype(DType::I64)?.to_vec2::<i64>()?),
+        None => None,
+    };
+    let bad = |name: &'static str, x: i64, limit: &str| ObjectiveError::Input {
+        name,
+        message: format!("id {x} is outside 0..{limit}"),
+    };
+    let (mut positions, mut targets, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..b {
+        for p in 1..t {
+            if mask[r][p] == 0.0 {
+                continue;
+            }
+            let id = ids[r][p];
+            if id < 0 || id > u32::MAX as i64 {
+                return Err(bad("labels", id, "vocab"));
+            }
+            let s = segs.as_ref().map_or(0, |s| s[r][p]);
+            if s < 0 || s >= n_seg as i64 {
+                return Err(bad("segment_ids", s, &n_seg.to_string()));
+            }
+            positions.push((r * t + p - 1) as u32);
+            targets.push(id as u32);
+            slots.push(r * n_seg + s as usize);
+        }
+    }
+    let device = hidden.device();
+    let n = positions.len();
+    if n == 0 {
+        let zeros = Tensor::zeros((b, n_seg), hidden.dtype(), device)?;
+        return Ok(LogpSums {
+            sum: zeros.clone(),
+            tokens: zeros,
+        });
+    }
+    let rows = hidden
+        .reshape((b * t, h))?
+        .index_select(&Tensor::from_vec(positions, n, device)?, 0)?;
+    let logits = head(&rows)?;
+    let vocab = logits.dim(1)?;
+    if let Some(&id) = targets.iter().find(|&&id| id as usize >= vocab) {
+        return Err(bad("labels", i64::from(id), &vocab.to_string()));
+    }
+    let picked = logits
+        .gather(&Tensor::from_vec(targets, (n, 1), device)?, 1)?
+        .squeeze(1)?;
+    let per_token = picked.sub(&logits.log_sum_exp(1)?)?;
+    // one_hot[row · S + segment, k] = 1 for the k-th counted token.
+    let mut one_hot = vec![0f32; b * n_seg * n];
+    for (k, &slot) in slots.iter().enumerate() {
+        one_hot[slot * n + k] = 1.0;
+    }
+    let one_hot = Tensor::from_vec(one_hot, (b * n_seg, n), device)?.to_dtype(per_token.dtype())?;
+    let sum = one_hot
+        .matmul(&per_token.unsqueeze(1)?)?
+        .reshape((b, n_seg))?;
+    let tokens = one_hot.sum(1)?.reshape((b, n_seg))?;
+    Ok(LogpSums { sum, tokens })
+}
+
 /// Positions 1..T of a `[batch, T]` tensor (what the logits at 0..T−1 predict).
 fn shifted(x: &Tensor) -> Result<Tensor> {
     let t = x.dim(1)?;
@@ -803,6 +906,66 @@ fn masked_ids(ids: &Tensor, keep: &Tensor, limit: usize, name: &'static str) -> 
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn response_logps_match_the_full_logits_path_with_gradients() {
+        let dev = Device::Cpu;
+        let (b, t, h, v) = (3usize, 7usize, 5usize, 11usize);
+        let hidden = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, h), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (v, h), &dev).unwrap();
+        let head = |x: &Tensor| x.broadcast_matmul(&w.t()?);
+        let labels: Vec<u32> = (0..b * t).map(|i| (i * 7 % v) as u32).collect();
+        let labels = Tensor::from_vec(labels, (b, t), &dev).unwrap();
+        let mask: Vec<f32> = (0..b * t)
+            .map(|i| {
+                if i % t >= 2 + i / t && i % t != 5 {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (b, t), &dev).unwrap();
+        let segs: Vec<u32> = (0..b * t).map(|i| (i % 2) as u32).collect();
+        let segs = Tensor::from_vec(segs, (b, t), &dev).unwrap();
+        let logits = head(hidden.as_tensor()).unwrap();
+        for segments in [None, Some((&segs, 2))] {
+            let full = match segments {
+                Some((s, n)) => segment_logps(&logits, &labels, &mask, s, n).unwrap(),
+                None => {
+                    let l = sequence_logps(&logits, &labels, &mask).unwrap();
+                    LogpSums {
+                        sum: l.sum.unsqueeze(1).unwrap(),
+                        tokens: l.tokens.unsqueeze(1).unwrap(),
+                    }
+                }
+            };
+            let fast = response_logps(hidden.as_tensor(), head, &labels, &mask, segments).unwrap();
+            let a = full.sum.to_vec2::<f32>().unwrap();
+            let c = fast.sum.to_vec2::<f32>().unwrap();
+            for (x, y) in a.iter().flatten().zip(c.iter().flatten()) {
+                assert!((x - y).abs() < 1e-4, "{a:?} vs {c:?}");
+            }
+            assert_eq!(
+                full.tokens.to_vec2::<f32>().unwrap(),
+                fast.tokens.to_vec2::<f32>().unwrap()
+            );
+            let g1 = full.sum.sum_all().unwrap().backward().unwrap();
+            let g2 = fast.sum.sum_all().unwrap().backward().unwrap();
+            let d = (g1.get(hidden.as_tensor()).unwrap() - g2.get(hidden.as_tensor()).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-4, "gradients differ by {d}");
+        }
+        let bad = Tensor::full(99u32, (b, t), &dev).unwrap();
+        assert!(response_logps(hidden.as_tensor(), head, &bad, &mask, None).is_err());
+    }
+
     use proptest::prelude::*;
     use serde::Deserialize;
     use std::collections::BTreeMap;

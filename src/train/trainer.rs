@@ -651,28 +651,30 @@ fn batch_logps(
     feats: &Tensor,
     n_segments: Option<usize>,
 ) -> Result<LogpSums> {
-    let logits =
-        bundle
-            .model
-            .forward(&batch.input_ids, Some(feats), Some(&batch.attention_mask))?;
-    let sums = match (n_segments, &batch.segment_ids) {
-        (Some(n), Some(seg)) => {
-            objectives::segment_logps(&logits, &batch.labels, &batch.loss_mask, seg, n)?
-        }
+    let hidden = bundle.model.forward_hidden(
+        &batch.input_ids,
+        Some(feats),
+        Some(&batch.attention_mask),
+        None,
+    )?;
+    let segments = match (n_segments, &batch.segment_ids) {
+        (Some(n), Some(seg)) => Some((seg, n)),
         (Some(_), None) => {
             return Err(TrainError::Config {
                 field: "segmenter",
                 message: "the batch has no segment ids".into(),
             })
         }
-        (None, _) => {
-            let s = objectives::sequence_logps(&logits, &batch.labels, &batch.loss_mask)?;
-            LogpSums {
-                sum: s.sum.unsqueeze(1)?,
-                tokens: s.tokens.unsqueeze(1)?,
-            }
-        }
+        (None, _) => None,
     };
+    // The output head runs only where a response token is predicted.
+    let lm = bundle.model.lm();
+    let head = |h: &Tensor| {
+        lm.lm_head(h)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    };
+    let sums =
+        objectives::response_logps(&hidden, head, &batch.labels, &batch.loss_mask, segments)?;
     Ok(LogpSums {
         sum: sums.sum.to_dtype(DType::F32)?,
         tokens: sums.tokens.to_dtype(DType::F32)?,

@@ -1,0 +1,441 @@
+//! The tiny demo model: a LLaVA-1.5-shaped network small enough to train
+//! from scratch on a CPU, so the whole loop (generate → score → pairs →
+//! DPO) runs on the bundled demo without downloading 7B weights.
+//!
+//! It is made in three steps, each a command (`scripts/make_tiny_model.sh`
+//! runs them; the result is committed as `assets/tiny-model/`):
+//! 1. [`write_sft_data`] (`spr tiny data`): synthetic scenes drawn by the
+//!    demo generator with another seed than the demo's, SPR regions on
+//!    them, and a TRL prompt–completion JSONL of region crops with two
+//!    kinds of rows: the export prompt answered by the precise grounded
+//!    description of the region (Ferret boxes, crop frame), and REC prompts
+//!    ("Where is the red circle? …") answered by one grounded box;
+//! 2. [`init_model`] (`spr tiny init`): a BPE tokenizer trained on those
+//!    texts ([`train_small_tokenizer`]), the [`tiny_config`] and freshly
+//!    initialised weights, in the llava-hf layout;
+//! 3. `spr train --objective sft --tune full` on the JSONL: every
+//!    language-model and projector weight learns (the random CLIP tower
+//!    stays frozen, as LLaVA keeps its tower frozen).
+//!
+//! [`evaluate`] (`spr tiny eval`) has a model describe a project's regions
+//! and reports how often the text parses and how well its boxes localize
+//! (SPR's localization score against the region's objects).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use image::DynamicImage;
+
+use crate::core::dataset::{Dataset, LoadOptions};
+use crate::core::grounded::{self, BoxFormat, GroundedText, Piece};
+use crate::core::imageio;
+use crate::core::pipeline::{self, trl_assistant_turn, trl_user_turn, TrlSftRecord};
+use crate::core::project::{
+    self, files, CandidateRecord, ExportConfig, Frame, Project, RegionRecord, FORMAT_VERSION,
+};
+use crate::core::scores::NoDetector;
+use crate::model::llama::{GenerationConfig, Sampling};
+use crate::model::llava::{random_weights, save_model};
+use crate::model::tokenizer::{train_small_tokenizer, IMAGE_TOKEN};
+use crate::model::{LlavaBundle, LlavaConfig};
+
+/// Learned vocabulary of the tiny tokenizer (`<image>` and `<pad>` come on
+/// top).
+pub const TINY_VOCAB: usize = 510;
+/// Side of the square image the tiny vision tower sees.
+pub const TINY_IMAGE: usize = 112;
+
+/// The tiny model's configuration for a tokenizer of `vocab_size` tokens
+/// whose `<image>` and `<pad>` ids are given: Llama 4 layers / hidden 256 /
+/// 4 heads, CLIP 112 px / patch 14 (64 image tokens) / 3 layers / hidden
+/// 128, LLaVA-1.5's GELU MLP projector. About 4.2M parameters.
+pub fn tiny_config(vocab_size: usize, image_token: u32, pad_token: u32) -> Result<LlavaConfig> {
+    serde_json::from_value(serde_json::json!({
+        "text_config": {
+            "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
+            "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": vocab_size,
+            "max_position_embeddings": 512, "rms_norm_eps": 1e-5,
+            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": pad_token
+        },
+        "vision_config": {
+            "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "image_size": TINY_IMAGE, "patch_size": 14,
+            "hidden_act": "quick_gelu"
+        },
+        "image_token_index": image_token,
+        "pad_token_id": pad_token,
+        "projector_hidden_act": "gelu"
+    }))
+    .context("building the tiny model config")
+}
+
+/// Settings of [`write_sft_data`].
+#[derive(Clone, Debug)]
+pub struct SftDataConfig {
+    /// Synthetic scenes drawn.
+    pub scenes: usize,
+    /// Seed of the scenes (the demo project uses 2025; keep them apart).
+    pub seed: u64,
+}
+
+impl Default for SftDataConfig {
+    fn default() -> Self {
+        Self {
+            scenes: 300,
+            seed: 7,
+        }
+    }
+}
+
+/// What [`write_sft_data`] wrote.
+#[derive(Clone, Debug)]
+pub struct SftDataSummary {
+    /// The JSONL (`sft.jsonl`).
+    pub file: PathBuf,
+    /// Description rows.
+    pub descriptions: usize,
+    /// REC rows.
+    pub rec: usize,
+}
+
+/// File names inside a [`write_sft_data`] folder.
+pub mod sft_files {
+    /// The prompt–completion rows.
+    pub const ROWS: &str = "sft.jsonl";
+    /// Every text of the scenes (chat prompts, completions and the scene
+    /// project's candidate texts), one per line: the tokenizer's corpus.
+    pub const CORPUS: &str = "corpus.txt";
+    /// The scene project the rows come from.
+    pub const SCENES: &str = "scenes";
+    /// Region crops, one PNG per region.
+    pub const CROPS: &str = "crops";
+}
+
+/// Every record of a JSONL stage file; the first bad line is an error.
+fn read_all<T: serde::de::DeserializeOwned + project::Versioned>(path: &Path) -> Result<Vec<T>> {
+    let (records, errors) = project::read_jsonl(path)?;
+    if let Some(e) = errors.first() {
+        anyhow::bail!("{e}");
+    }
+    Ok(records)
+}
+
+/// The REC question for an object called `name`.
+pub fn rec_prompt(name: &str) -> String {
+    format!("Where is the {name}? Answer with its bounding box.")
+}
+
+/// Writes SFT data for the tiny model into `out` (see the module docs).
+pub fn write_sft_data(out: &Path, cfg: &SftDataConfig) -> Result<SftDataSummary> {
+    let scenes = out.join(sft_files::SCENES);
+    let demo = super::DemoConfig {
+        images: cfg.scenes,
+        seed: cfg.seed,
+        ..Default::default()
+    };
+    super::generate(&scenes, &demo).context("drawing the scenes")?;
+    let project = Project::open(&scenes)?;
+    let ds = Dataset::load(
+        &project.annotations_path(),
+        &project.image_root(),
+        &LoadOptions::default(),
+    )?;
+    let regions: Vec<RegionRecord> = read_all(&project.path(files::REGIONS))?;
+    let candidates: Vec<CandidateRecord> = read_all(&project.path(files::CANDIDATES))?;
+    let precise: HashMap<&str, &str> = candidates
+        .iter()
+        .filter(|c| c.source.ends_with(":precise"))
+        .map(|c| (c.query_id.as_str(), c.text.as_str()))
+        .collect();
+    let prompt = ExportConfig::default().prompt;
+    let crops_dir = out.join(sft_files::CROPS);
+    std::fs::create_dir_all(&crops_dir)
+        .with_context(|| format!("creating {}", crops_dir.display()))?;
+    let names = super::category_names();
+    let mut rows = String::new();
+    let mut corpus = String::new();
+    let (mut descriptions, mut rec) = (0, 0);
+    let push = |rows: &mut String, corpus: &mut String, image: &str, q: &str, a: &str| {
+        let row = TrlSftRecord {
+            images: vec![image.to_string()],
+            prompt: vec![trl_user_turn(q)],
+            completion: vec![trl_assistant_turn(a)],
+        };
+        if let Ok(line) = serde_json::to_string(&row) {
+            rows.push_str(&line);
+            rows.push('\n');
+        }
+        corpus.push_str(&format!("USER: {q} ASSISTANT: {a}\n"));
+    };
+    for region in &regions {
+        let Some(text) = precise.get(region.id.as_str()) else {
+            continue;
+        };
+        let rel = format!("{}/{}.png", sft_files::CROPS, region.id);
+        let img = imageio::load_rgb(&project.image_root().join(&region.file_name))?;
+        imageio::save_png(&imageio::crop_rgb(&img, region.crop), &out.join(&rel))?;
+        push(&mut rows, &mut corpus, &rel, &prompt, text);
+        descriptions += 1;
+        // REC: objects fully in the crop whose category is unique there.
+        let Some(image) = ds.image_index(region.image_id) else {
+            continue;
+        };
+        let visible: Vec<usize> = ds
+            .objects_of(image)
+            .filter(|&o| {
+                !ds.objects.crowd[o] && ds.objects.bbox[o].fraction_inside(region.crop) >= 0.95
+            })
+            .collect();
+        for &o in &visible {
+            let cat = ds.objects.category[o];
+            if visible
+                .iter()
+                .filter(|&&p| ds.objects.category[p] == cat)
+                .count()
+                != 1
+            {
+                continue;
+            }
+            let name = ds.category_name(o).to_string();
+            let answer = GroundedText {
+                pieces: vec![
+                    Piece::Object {
+                        phrase: format!("the {name}"),
+                        boxes: vec![ds.objects.bbox[o]],
+                    },
+                    Piece::Text(".".into()),
+                ],
+            }
+            .crop_from_image(region.crop);
+            let answer = grounded::render(
+                &answer,
+                BoxFormat::Ferret,
+                region.crop.width(),
+                region.crop.height(),
+            );
+            push(&mut rows, &mut corpus, &rel, &rec_prompt(&name), &answer);
+            rec += 1;
+        }
+    }
+    for c in &candidates {
+        corpus.push_str(&c.text);
+        corpus.push('\n');
+    }
+    for name in &names {
+        corpus.push_str(&rec_prompt(name));
+        corpus.push('\n');
+    }
+    let file = out.join(sft_files::ROWS);
+    project::write_atomic(&file, rows.as_bytes())?;
+    project::write_atomic(&out.join(sft_files::CORPUS), corpus.as_bytes())?;
+    Ok(SftDataSummary {
+        file,
+        descriptions,
+        rec,
+    })
+}
+
+/// Writes an untrained tiny model into `out`: a tokenizer trained on the
+/// lines of `corpus` (see [`sft_files::CORPUS`]), [`tiny_config`], weights
+/// drawn from `seed`, a processor config that resizes to 112×112 without
+/// cropping (region crops are not square; a centre crop would cut off
+/// objects the text mentions) and a generation config. Returns the
+/// parameter count.
+pub fn init_model(out: &Path, corpus: &Path, seed: u64) -> Result<usize> {
+    let text =
+        std::fs::read_to_string(corpus).with_context(|| format!("reading {}", corpus.display()))?;
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    anyhow::ensure!(!lines.is_empty(), "{}: empty corpus", corpus.display());
+    let tokenizer = train_small_tokenizer(&lines, TINY_VOCAB)?;
+    let image = tokenizer
+        .token_to_id(IMAGE_TOKEN)
+        .context("the tokenizer lacks <image>")?;
+    let pad = tokenizer
+        .token_to_id("<pad>")
+        .context("the tokenizer lacks <pad>")?;
+    let cfg = tiny_config(tokenizer.get_vocab_size(true), image, pad)?;
+    let weights = random_weights(&cfg, seed, &Device::Cpu)?;
+    save_model(out, &cfg, &weights)?;
+    tokenizer
+        .save(out.join("tokenizer.json"), true)
+        .map_err(|e| anyhow::anyhow!("writing the tokenizer: {e}"))?;
+    let mean = crate::model::processor::CLIP_MEAN;
+    let std = crate::model::processor::CLIP_STD;
+    let processor = serde_json::json!({
+        "do_resize": true,
+        "size": {"height": TINY_IMAGE, "width": TINY_IMAGE},
+        "do_center_crop": false,
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": mean,
+        "image_std": std,
+        "image_processor_type": "CLIPImageProcessor"
+    });
+    let generation = serde_json::json!({
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": pad
+    });
+    for (name, value) in [
+        ("preprocessor_config.json", processor),
+        ("generation_config.json", generation),
+    ] {
+        let path = out.join(name);
+        let bytes = serde_json::to_vec_pretty(&value)?;
+        project::write_atomic(&path, &bytes)?;
+    }
+    Ok(weights.values().map(|t| t.elem_count()).sum())
+}
+
+/// One region described by a model.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Generation {
+    /// The region id.
+    pub query_id: String,
+    /// The generated text.
+    pub text: String,
+    /// Boxes that parsed (Ferret, crop frame).
+    pub boxes: usize,
+    /// Parse issues.
+    pub issues: usize,
+    /// SPR's localization score against the region's objects (recall
+    /// variant, IoU 0.5), when scoring succeeded.
+    pub localization: Option<f32>,
+}
+
+/// What [`evaluate`] measured.
+#[derive(Clone, Debug)]
+pub struct EvalReport {
+    /// Each region's generation.
+    pub generations: Vec<Generation>,
+    /// Seconds spent generating.
+    pub seconds: f64,
+    /// Tokens generated.
+    pub tokens: usize,
+}
+
+impl EvalReport {
+    /// Fraction of generations with at least one box and no parse issue.
+    pub fn parse_rate(&self) -> f64 {
+        let ok = self
+            .generations
+            .iter()
+            .filter(|g| g.boxes > 0 && g.issues == 0)
+            .count();
+        ok as f64 / self.generations.len().max(1) as f64
+    }
+
+    /// Mean localization score (regions without one count as 0).
+    pub fn mean_localization(&self) -> f64 {
+        let sum: f64 = self
+            .generations
+            .iter()
+            .map(|g| f64::from(g.localization.unwrap_or(0.0)))
+            .sum();
+        sum / self.generations.len().max(1) as f64
+    }
+}
+
+/// Has the model at `model` describe up to `limit` regions of `project`
+/// with the project's export prompt (greedy, at most `max_new_tokens`),
+/// parses each answer as Ferret boxes in the crop frame and scores it with
+/// SPR's localization score.
+pub fn evaluate(
+    model: &str,
+    project: &Path,
+    limit: usize,
+    max_new_tokens: usize,
+    progress: &dyn Fn(usize, usize),
+) -> Result<EvalReport> {
+    let device = Device::Cpu;
+    let mut bundle = LlavaBundle::load(model, &device)?;
+    bundle.model.set_grad_enabled(false);
+    let project = Project::open(project)?;
+    let ds = Dataset::load(
+        &project.annotations_path(),
+        &project.image_root(),
+        &LoadOptions::default(),
+    )?;
+    let mut regions: Vec<RegionRecord> = read_all(&project.path(files::REGIONS))?;
+    regions.truncate(limit);
+    let prompt = project.config.export.prompt.clone();
+    let ids = bundle.tokenizer.encode_chat(&prompt)?;
+    let n_ids = ids.len();
+    let input = Tensor::from_vec(ids, (1, n_ids), &device)?;
+    let gen_cfg = GenerationConfig {
+        max_new_tokens,
+        sampling: Sampling::Greedy,
+        eos_token_ids: bundle.tokenizer.eos_token_ids().to_vec(),
+    };
+    let started = std::time::Instant::now();
+    let mut candidates = Vec::new();
+    let mut parsed = Vec::new();
+    let mut tokens = 0;
+    for (i, region) in regions.iter().enumerate() {
+        progress(i, regions.len());
+        let img = imageio::load_rgb(&project.image_root().join(&region.file_name))?;
+        let crop = imageio::crop_rgb(&img, region.crop);
+        let pixels = bundle
+            .processor
+            .preprocess(&DynamicImage::ImageRgb8(crop), &device)?
+            .unsqueeze(0)?;
+        let feats = bundle.model.image_features(&pixels)?;
+        let out = bundle
+            .model
+            .generate(&input, Some(&feats), None, &gen_cfg)?;
+        let new = out.first().map(|g| g.tokens.clone()).unwrap_or_default();
+        tokens += new.len();
+        let text = bundle.tokenizer.decode(&new, true)?.trim().to_string();
+        let p = grounded::parse(
+            &text,
+            BoxFormat::Ferret,
+            region.crop.width(),
+            region.crop.height(),
+        );
+        parsed.push((p.text.box_count(), p.issues.len()));
+        candidates.push(CandidateRecord {
+            v: FORMAT_VERSION,
+            id: format!("{}-tiny", region.id),
+            query_id: region.id.clone(),
+            source: "tiny-model".into(),
+            prompt: Some(prompt.clone()),
+            text,
+            format: BoxFormat::Ferret,
+            frame: Frame::Crop,
+        });
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (scores, _) = pipeline::score_candidates(
+        &ds,
+        &regions,
+        &candidates,
+        &project.config.scoring,
+        &NoDetector,
+        &|_| {},
+    );
+    let loc: HashMap<&str, f32> = scores
+        .iter()
+        .map(|s| (s.candidate_id.as_str(), s.localization))
+        .collect();
+    let generations = candidates
+        .iter()
+        .zip(parsed)
+        .map(|(c, (boxes, issues))| Generation {
+            query_id: c.query_id.clone(),
+            text: c.text.clone(),
+            boxes,
+            issues,
+            localization: if boxes > 0 {
+                loc.get(c.id.as_str()).copied()
+            } else {
+                Some(0.0)
+            },
+        })
+        .collect();
+    Ok(EvalReport {
+        generations,
+        seconds,
+        tokens,
+    })
+}

@@ -300,6 +300,20 @@ impl Llava {
     /// independent of the language model and its adapters: cache it per
     /// image.
     pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let features = self.vision_features(pixel_values)?;
+        self.project(&features)
+    }
+
+    /// The projector: vision features `(b, N, vision_hidden × layers)` →
+    /// `(b, N, text_hidden)` in the model's dtype. Full fine-tuning trains
+    /// it, so it then caches [`Self::vision_features`] and projects per step.
+    pub fn project(&self, features: &Tensor) -> Result<Tensor> {
+        Ok(self.projector.forward(features)?.to_dtype(self.dtype())?)
+    }
+
+    /// The frozen tower's selected hidden states (before the projector),
+    /// `(b, N, vision_hidden × layers)` for pixel values `(b, 3, H, W)`.
+    pub fn vision_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
         if pixel_values.rank() != 4 {
             return Err(ModelError::Input(format!(
                 "pixel values must be (batch, channels, height, width), got {:?}",
@@ -317,8 +331,7 @@ impl Llava {
             };
             selected.push(s);
         }
-        let features = cat_features(&selected)?;
-        Ok(self.projector.forward(&features)?.to_dtype(self.dtype())?)
+        Ok(cat_features(&selected)?)
     }
 
     /// Input embeddings `(b, t, hidden)`: token embeddings with the image

@@ -602,9 +602,12 @@ fn truncate_events(path: &Path, step: u64) -> Result<()> {
     fs::rename(&tmp, path).map_err(io_err(path))
 }
 
-/// Per-image projected features, computed once.
+/// Per-image features, computed once: projected ones, or with
+/// `project_each_step` (full fine-tuning, where the projector trains) the
+/// tower's output, projected per batch.
 struct FeatureCache {
     map: HashMap<String, Tensor>,
+    project_each_step: bool,
 }
 
 impl FeatureCache {
@@ -622,7 +625,12 @@ impl FeatureCache {
             .preprocess(&DynamicImage::ImageRgb8(rgb), bundle.model.device())?
             .unsqueeze(0)?
             .to_dtype(bundle.model.dtype())?;
-        let feats = bundle.model.image_features(&pixels)?.detach();
+        let feats = if self.project_each_step {
+            bundle.model.vision_features(&pixels)?
+        } else {
+            bundle.model.image_features(&pixels)?
+        }
+        .detach();
         self.map.insert(key, feats.clone());
         Ok(feats)
     }
@@ -636,6 +644,11 @@ impl FeatureCache {
             .map(|im| self.get(bundle, im))
             .collect::<Result<Vec<_>>>()?;
         let once = Tensor::cat(&each, 0)?;
+        let once = if self.project_each_step {
+            bundle.model.project(&once)?
+        } else {
+            once
+        };
         if batch.chosen_only {
             return Ok(once);
         }
@@ -871,6 +884,7 @@ fn run(
     }
     let mut features = FeatureCache {
         map: HashMap::new(),
+        project_each_step: full.is_some(),
     };
     // Supervised steps need no reference model.
     let refs = if sft {
@@ -1096,4 +1110,70 @@ fn run(
         examples: n,
         skipped: dataset.skipped,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Deserialize)]
+    struct Reference {
+        betas: [f64; 2],
+        eps: f64,
+        weight_decay: f64,
+        shapes: BTreeMap<String, Vec<usize>>,
+        initial: BTreeMap<String, Vec<f64>>,
+        steps: Vec<RefStep>,
+    }
+
+    #[derive(Deserialize)]
+    struct RefStep {
+        lr: f64,
+        grads: BTreeMap<String, Vec<f64>>,
+        params: BTreeMap<String, Vec<f64>>,
+    }
+
+    /// Our AdamW follows `torch.optim.AdamW` step for step
+    /// (`scripts/optim/adamw_reference.py`, torch 2.15, float64; ours f32).
+    #[test]
+    fn adamw_matches_torch() {
+        let r: Reference =
+            serde_json::from_str(include_str!("testdata/adamw_reference.json")).unwrap();
+        let dev = Device::Cpu;
+        let mut cfg = TrainConfig::new("m", "d");
+        cfg.adam_beta1 = r.betas[0];
+        cfg.adam_beta2 = r.betas[1];
+        cfg.adam_eps = r.eps;
+        cfg.weight_decay = r.weight_decay;
+        let vars: Vec<(String, Var)> = r
+            .shapes
+            .iter()
+            .map(|(name, shape)| {
+                let data: Vec<f32> = r.initial[name].iter().map(|&x| x as f32).collect();
+                let t = Tensor::from_vec(data, shape.as_slice(), &dev).unwrap();
+                (name.clone(), Var::from_tensor(&t).unwrap())
+            })
+            .collect();
+        let mut opt = AdamW::new(vars.clone(), &cfg).unwrap();
+        let mut worst = 0f64;
+        for step in &r.steps {
+            // loss = Σ p·g has gradient g.
+            let mut loss = Tensor::zeros((), DType::F32, &dev).unwrap();
+            for (name, var) in &vars {
+                let g: Vec<f32> = step.grads[name].iter().map(|&x| x as f32).collect();
+                let g = Tensor::from_vec(g, var.dims(), &dev).unwrap();
+                loss = (loss + (var.as_tensor() * g).unwrap().sum_all().unwrap()).unwrap();
+            }
+            let grads = loss.backward().unwrap();
+            opt.step(&grads, step.lr).unwrap();
+            for (name, var) in &vars {
+                let ours = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for (a, b) in ours.iter().zip(&step.params[name]) {
+                    worst = worst.max((f64::from(*a) - b).abs());
+                }
+            }
+        }
+        assert!(worst < 1e-6, "max |Δparam| vs torch: {worst}");
+    }
 }

@@ -114,6 +114,8 @@ pub fn measure(model: &Path, data: &Path, opts: &BenchTrainOptions) -> Result<Tr
 }
 
 fn measure_in(cfg: &TrainConfig, run_dir: &Path, warmup: u64) -> Result<TrainBenchReport> {
+    // As `spr train` does.
+    crate::train::tune_allocator();
     let stop = AtomicBool::new(false);
     let wall_start = SystemTime::now();
     let start = Instant::now();

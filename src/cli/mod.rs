@@ -702,6 +702,7 @@ fn train(args: &TrainArgs) -> Result<()> {
     use crate::train::objectives::{Objective, ObjectiveConfig};
     use crate::train::trainer::{self, TrainConfig};
     use std::sync::atomic::AtomicBool;
+    crate::train::tune_allocator();
     use std::sync::Arc;
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -46,8 +46,8 @@ impl RmsNorm {
 
     /// Normalises the last axis.
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        if xs.track_op() {
-            candle_nn::ops::rms_norm_slow(xs, &self.weight, self.eps as f32)
+        if xs.track_op() || self.weight.track_op() {
+            super::ops::rms_norm(xs, &self.weight, self.eps as f32)
         } else {
             candle_nn::ops::rms_norm(&xs.contiguous()?, &self.weight, self.eps as f32)
         }
@@ -116,18 +116,12 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<T
     if !x.track_op() {
         return candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin);
     }
-    let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
-    let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
-    let half = x.dim(D::Minus1)? / 2;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+    super::ops::rope(x, cos, sin)
 }
 
 fn softmax_last(xs: &Tensor) -> candle_core::Result<Tensor> {
     if xs.track_op() {
-        candle_nn::ops::softmax(xs, D::Minus1)
+        super::ops::softmax_last_dim(xs)
     } else {
         candle_nn::ops::softmax_last_dim(&xs.contiguous()?)
     }
@@ -246,8 +240,9 @@ impl Attention {
         };
         let k = repeat_kv(k, nh / nkv)?.contiguous()?;
         let v = repeat_kv(v, nh / nkv)?.contiguous()?;
+        // Scaling q (t × d) instead of the scores (t × t) is cheaper.
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?;
+        let scores = (q * scale)?.contiguous()?.matmul(&k.t()?)?;
         let dtype = scores.dtype();
         let scores = scores.to_dtype(DType::F32)?;
         let scores = match mask {

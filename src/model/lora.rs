@@ -310,7 +310,8 @@ impl LoraLinear {
         };
         let xf = x.to_dtype(DType::F32)?;
         let h = linear(&xf, &a, None)?;
-        let h = (linear(&h, &b, None)? * adapter.scale)?;
+        // Scaling B (out × r) instead of the output (tokens × out) is cheaper.
+        let h = linear(&h, &(b * adapter.scale)?, None)?;
         let dtype = y.dtype();
         y + h.to_dtype(dtype)?
     }

@@ -33,6 +33,7 @@ pub mod hub;
 pub mod llama;
 pub mod llava;
 pub mod lora;
+pub mod ops;
 pub mod processor;
 pub mod tokenizer;
 

@@ -1168,7 +1168,12 @@ mod tests {
             let grads = loss.backward().unwrap();
             opt.step(&grads, step.lr).unwrap();
             for (name, var) in &vars {
-                let ours = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let ours = var
+                    .as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
                 for (a, b) in ours.iter().zip(&step.params[name]) {
                     worst = worst.max((f64::from(*a) - b).abs());
                 }

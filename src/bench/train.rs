@@ -312,6 +312,12 @@ fn print_report(model: &Path, data: &Path, opts: &BenchTrainOptions, r: &TrainBe
         Some(mb) => println!("peak RSS: {mb:.1} MB"),
         None => println!("peak RSS: not available on this platform"),
     }
+    if !is_design_model(model) {
+        println!(
+            "not the DESIGN §7 model: no reference figure to compare with; time another trainer on these files"
+        );
+        return;
+    }
     println!(
         "DESIGN §7 reference, TRL 1.16 + PEFT 0.21 on the §7 model, 2-core CPU: {TRL_TOKENS_PER_S:.0} tokens/s, {TRL_PEAK_MB:.0} MB peak RSS"
     );
@@ -323,6 +329,31 @@ fn print_report(model: &Path, data: &Path, opts: &BenchTrainOptions, r: &TrainBe
         Some(mb) => println!(", {:.2}× less memory", TRL_PEAK_MB / mb),
         None => println!(),
     }
+}
+
+/// Whether the model folder has the DESIGN §7 benchmark shape, the only
+/// one DESIGN's TRL figures are for.
+fn is_design_model(model: &Path) -> bool {
+    let (Ok(cfg), Ok(reference)) = (
+        LlavaConfig::from_file(&model.join("config.json")),
+        bench_model_config(),
+    ) else {
+        return false;
+    };
+    let shape = |c: &LlavaConfig| {
+        let (t, v) = (&c.text_config, &c.vision_config);
+        (
+            t.hidden_size,
+            t.intermediate_size,
+            t.num_hidden_layers,
+            t.vocab_size,
+            v.hidden_size,
+            v.num_hidden_layers,
+            v.image_size,
+            v.patch_size,
+        )
+    };
+    shape(&cfg) == shape(&reference)
 }
 
 /// `spr bench train`. With `model` and `data` it measures the trainer on

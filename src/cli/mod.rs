@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::core::dataset::{Dataset, LoadOptions};
+use crate::core::dataset::Dataset;
 use crate::core::grounded::BoxFormat;
 use crate::core::pipeline;
 use crate::core::project::{
@@ -301,11 +301,7 @@ fn open(dir: &Path) -> Result<Project> {
 
 /// Load the project's dataset, printing a count of its issues.
 fn load_dataset(p: &Project) -> Result<Dataset> {
-    let ds = Dataset::load(
-        &p.annotations_path(),
-        &p.image_root(),
-        &LoadOptions::default(),
-    )?;
+    let ds = p.load_dataset()?;
     if let Some(first) = ds.issues.first() {
         eprintln!(
             "warning: {} dataset issue(s), bad records skipped (first: {first}); `spr check` lists all",
@@ -347,11 +343,7 @@ fn warn_issues(issues: &[pipeline::StageIssue]) {
 
 fn check(dir: &Path) -> Result<()> {
     let p = open(dir)?;
-    let ds = Dataset::load(
-        &p.annotations_path(),
-        &p.image_root(),
-        &LoadOptions::default(),
-    )?;
+    let ds = p.load_dataset()?;
     let pre = p.config.dataset.preprocess();
     println!(
         "{}: {} images, {} objects, {} categories, {} object-rich images (≥ {} objects of area ≥ {})",

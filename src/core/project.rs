@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::core::dataset::Preprocess;
+use crate::core::dataset::{Dataset, DatasetError, LoadOptions, Preprocess};
 use crate::core::geometry::Bbox;
 use crate::core::grounded::{BoxFormat, TextIssue};
 use crate::core::regions::RegionConfig;
@@ -632,6 +632,16 @@ impl Project {
     /// The image root.
     pub fn image_root(&self) -> PathBuf {
         self.root.join(&self.config.dataset.image_root)
+    }
+
+    /// Loads the project's dataset (its annotations and image root) with
+    /// the default options; bad records are in [`Dataset::issues`].
+    pub fn load_dataset(&self) -> Result<Dataset, DatasetError> {
+        Dataset::load(
+            &self.annotations_path(),
+            &self.image_root(),
+            &LoadOptions::default(),
+        )
     }
 }
 

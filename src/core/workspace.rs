@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::core::dataset::{Dataset, LoadOptions};
+use crate::core::dataset::Dataset;
 use crate::core::geometry::Bbox;
 use crate::core::pipeline::{self, PairStats, StageIssue};
 use crate::core::project::{
@@ -168,11 +168,7 @@ impl Workspace {
     /// present. Bad records are listed in [`Workspace::problems`].
     pub fn open(dir: &Path) -> Result<Workspace, WorkspaceError> {
         let project = Project::open(dir)?;
-        let dataset = Dataset::load(
-            &project.annotations_path(),
-            &project.image_root(),
-            &LoadOptions::default(),
-        )?;
+        let dataset = project.load_dataset()?;
         let mut problems: Vec<String> = dataset.issues.iter().map(|i| i.to_string()).collect();
         let regions = read_optional(&project, files::REGIONS, &mut problems)?;
         let candidates = read_optional(&project, files::CANDIDATES, &mut problems)?;

@@ -31,7 +31,7 @@ use anyhow::Context;
 use image::{Rgb, RgbImage};
 use serde::Serialize;
 
-use crate::core::dataset::{Dataset, LoadOptions};
+use crate::core::dataset::Dataset;
 use crate::core::geometry::Bbox;
 use crate::core::grounded::{self, BoxFormat, GroundedText, Piece};
 use crate::core::pipeline;
@@ -509,11 +509,7 @@ pub fn generate(out: &Path, cfg: &DemoConfig) -> anyhow::Result<DemoSummary> {
         export: ExportConfig::default(),
     };
     let project = Project::create(out, config)?;
-    let ds = Dataset::load(
-        &project.annotations_path(),
-        &project.image_root(),
-        &LoadOptions::default(),
-    )?;
+    let ds = project.load_dataset()?;
     anyhow::ensure!(
         ds.issues.is_empty(),
         "demo dataset has issues: {}",

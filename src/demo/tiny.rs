@@ -28,7 +28,6 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use image::DynamicImage;
 
-use crate::core::dataset::{Dataset, LoadOptions};
 use crate::core::grounded::{self, BoxFormat, GroundedText, Piece};
 use crate::core::imageio;
 use crate::core::pipeline::{self, trl_assistant_turn, trl_user_turn, TrlSftRecord};
@@ -137,11 +136,7 @@ pub fn write_sft_data(out: &Path, cfg: &SftDataConfig) -> Result<SftDataSummary>
     };
     super::generate(&scenes, &demo).context("drawing the scenes")?;
     let project = Project::open(&scenes)?;
-    let ds = Dataset::load(
-        &project.annotations_path(),
-        &project.image_root(),
-        &LoadOptions::default(),
-    )?;
+    let ds = project.load_dataset()?;
     let regions: Vec<RegionRecord> = read_all(&project.path(files::REGIONS))?;
     let candidates: Vec<CandidateRecord> = read_all(&project.path(files::CANDIDATES))?;
     let precise: HashMap<&str, &str> = candidates
@@ -154,21 +149,18 @@ pub fn write_sft_data(out: &Path, cfg: &SftDataConfig) -> Result<SftDataSummary>
     std::fs::create_dir_all(&crops_dir)
         .with_context(|| format!("creating {}", crops_dir.display()))?;
     let names = super::category_names();
-    let mut rows = String::new();
+    let mut rows: Vec<TrlSftRecord> = Vec::new();
     let mut corpus = String::new();
     let (mut descriptions, mut rec) = (0, 0);
-    let push = |rows: &mut String, corpus: &mut String, image: &str, q: &str, a: &str| {
-        let row = TrlSftRecord {
-            images: vec![image.to_string()],
-            prompt: vec![trl_user_turn(q)],
-            completion: vec![trl_assistant_turn(a)],
+    let push =
+        |rows: &mut Vec<TrlSftRecord>, corpus: &mut String, image: &str, q: &str, a: &str| {
+            rows.push(TrlSftRecord {
+                images: vec![image.to_string()],
+                prompt: vec![trl_user_turn(q)],
+                completion: vec![trl_assistant_turn(a)],
+            });
+            corpus.push_str(&format!("USER: {q} ASSISTANT: {a}\n"));
         };
-        if let Ok(line) = serde_json::to_string(&row) {
-            rows.push_str(&line);
-            rows.push('\n');
-        }
-        corpus.push_str(&format!("USER: {q} ASSISTANT: {a}\n"));
-    };
     for region in &regions {
         let Some(text) = precise.get(region.id.as_str()) else {
             continue;
@@ -228,7 +220,7 @@ pub fn write_sft_data(out: &Path, cfg: &SftDataConfig) -> Result<SftDataSummary>
         corpus.push('\n');
     }
     let file = out.join(sft_files::ROWS);
-    project::write_atomic(&file, rows.as_bytes())?;
+    project::write_jsonl(&file, &rows)?;
     project::write_atomic(&out.join(sft_files::CORPUS), corpus.as_bytes())?;
     Ok(SftDataSummary {
         file,
@@ -352,11 +344,7 @@ pub fn evaluate(
     let mut bundle = LlavaBundle::load(model, &device)?;
     bundle.model.set_grad_enabled(false);
     let project = Project::open(project)?;
-    let ds = Dataset::load(
-        &project.annotations_path(),
-        &project.image_root(),
-        &LoadOptions::default(),
-    )?;
+    let ds = project.load_dataset()?;
     let mut regions: Vec<RegionRecord> = read_all(&project.path(files::REGIONS))?;
     regions.truncate(limit);
     let prompt = project.config.export.prompt.clone();

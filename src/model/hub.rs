@@ -17,14 +17,19 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// Index of sharded weights.
 pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 
-/// Files fetched when present, ignored when the repository lacks them.
-const OPTIONAL_FILES: &[&str] = &[
+/// The tokenizer file, required in every model folder.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// Files fetched when present, ignored when the repository lacks them (and
+/// copied along when a model folder is written from another).
+pub const OPTIONAL_FILES: &[&str] = &[
     "generation_config.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "preprocessor_config.json",
     "processor_config.json",
     "chat_template.json",
+    "chat_template.jinja",
 ];
 
 /// Where and how to download.
@@ -98,7 +103,7 @@ pub fn fetch_model(model_id: &str, options: &HubOptions) -> Result<PathBuf> {
     };
 
     let config = get("config.json")?;
-    get("tokenizer.json")?;
+    get(TOKENIZER_FILE)?;
     match repo.get(WEIGHTS_INDEX_FILE) {
         Ok(index) => {
             for shard in shard_files(&index)? {

@@ -33,7 +33,7 @@ use candle_nn::VarBuilder;
 
 use super::clip::{cat_features, ClipVisionTower, Projector};
 use super::config::{FeatureSelect, LlavaConfig};
-use super::hub::{resolve_model, weight_files, HubOptions};
+use super::hub::{resolve_model, weight_files, HubOptions, OPTIONAL_FILES, TOKENIZER_FILE};
 use super::llama::{Generated, GenerationConfig, KvCache, Llama};
 use super::lora::{
     read_adapter, write_adapter, AdapterConfigFile, LoraAdapter, LoraConfig, PeftLayout,
@@ -729,7 +729,7 @@ impl FullWeights {
     /// files copied from `source_dir`.
     pub fn save_model(&self, dir: &Path, cfg: &LlavaConfig, source_dir: &Path) -> Result<()> {
         save_model(dir, cfg, &self.all)?;
-        for name in MODEL_SIDE_FILES {
+        for name in std::iter::once(&TOKENIZER_FILE).chain(OPTIONAL_FILES) {
             let from = source_dir.join(name);
             if from.is_file() {
                 let to = dir.join(name);
@@ -739,17 +739,6 @@ impl FullWeights {
         Ok(())
     }
 }
-
-/// Files of a model folder besides `config.json` and the weights.
-pub const MODEL_SIDE_FILES: [&str; 7] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "generation_config.json",
-    "preprocessor_config.json",
-    "processor_config.json",
-    "chat_template.jinja",
-    "special_tokens_map.json",
-];
 
 /// A loaded model with its tokenizer and image processor: what the trainer
 /// and the evaluator start from.

@@ -43,7 +43,7 @@ impl LlavaTokenizer {
     /// Loads `tokenizer.json` (and `generation_config.json` when present)
     /// from a model folder.
     pub fn from_dir(dir: &Path, cfg: &LlavaConfig) -> Result<Self> {
-        let path = dir.join("tokenizer.json");
+        let path = dir.join(super::hub::TOKENIZER_FILE);
         let mut tok = Self::from_file(&path, cfg)?;
         let gen_path = dir.join("generation_config.json");
         if gen_path.is_file() {

@@ -482,20 +482,7 @@ impl AdamW {
         for (i, (name, var)) in self.vars.iter().enumerate() {
             for (prefix, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
                 let key = format!("{prefix}.{name}");
-                let x = map.get(&key).ok_or_else(|| TrainError::Checkpoint {
-                    path: path.to_path_buf(),
-                    message: format!("missing tensor {key}"),
-                })?;
-                if x.dims() != var.dims() {
-                    return Err(TrainError::Checkpoint {
-                        path: path.to_path_buf(),
-                        message: format!(
-                            "{key}: shape {:?}, the adapter has {:?}",
-                            x.dims(),
-                            var.dims()
-                        ),
-                    });
-                }
+                let x = checkpoint_tensor(&map, path, &key, var, "the adapter")?;
                 *slot = x.to_dtype(DType::F32)?;
             }
         }
@@ -781,24 +768,33 @@ fn save_checkpoint(
     Ok(dir)
 }
 
+/// The tensor `key` of a checkpoint file loaded into `map`, checked to
+/// have the shape of `var` (`owner` names what holds `var` in the error).
+fn checkpoint_tensor<'a>(
+    map: &'a HashMap<String, Tensor>,
+    path: &Path,
+    key: &str,
+    var: &Var,
+    owner: &str,
+) -> Result<&'a Tensor> {
+    let x = map.get(key).ok_or_else(|| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message: format!("missing tensor {key}"),
+    })?;
+    if x.dims() != var.dims() {
+        return Err(TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!("{key}: shape {:?}, {owner} has {:?}", x.dims(), var.dims()),
+        });
+    }
+    Ok(x)
+}
+
 /// Restores a full fine-tuning checkpoint's trainable weights in place.
 fn load_full_weights(path: &Path, weights: &FullWeights, device: &Device) -> Result<()> {
     let map = candle_core::safetensors::load(path, device)?;
     for (name, var) in &weights.trainable {
-        let x = map.get(name).ok_or_else(|| TrainError::Checkpoint {
-            path: path.to_path_buf(),
-            message: format!("missing tensor {name}"),
-        })?;
-        if x.dims() != var.dims() {
-            return Err(TrainError::Checkpoint {
-                path: path.to_path_buf(),
-                message: format!(
-                    "{name}: shape {:?}, the model has {:?}",
-                    x.dims(),
-                    var.dims()
-                ),
-            });
-        }
+        let x = checkpoint_tensor(&map, path, name, var, "the model")?;
         var.set(&x.to_dtype(var.dtype())?)?;
     }
     Ok(())

@@ -7,6 +7,8 @@
 //!   tensor library.
 //! - [`model`]: models in candle (the LLaVA-style VLM with LoRA).
 //! - [`train`]: preference objectives and the trainer, in candle.
+//! - [`infer`]: models writing text: candidate generation and REC
+//!   evaluation, in candle.
 //! - [`demo`]: the synthetic demo-project generator, on top of the core.
 //! - [`bench`]: benchmark drivers that print figures (never timed tests).
 //! - [`app`]: the desktop GUI (eframe/egui + our wgpu overlays), on the core.
@@ -17,5 +19,6 @@ pub mod bench;
 pub mod cli;
 pub mod core;
 pub mod demo;
+pub mod infer;
 pub mod model;
 pub mod train;

@@ -167,6 +167,7 @@ fn demo_generator_reproduces_the_committed_demo() {
         "scores.jsonl",
         "pairs.jsonl",
         "README.md",
+        "rec/finetune_demo_val.json",
     ] {
         assert_eq!(
             fs::read_to_string(out.join(f)).unwrap(),
@@ -174,20 +175,27 @@ fn demo_generator_reproduces_the_committed_demo() {
             "{f} differs from assets/demo: regenerate it with `spr demo --out assets/demo`"
         );
     }
-    let names: Vec<_> = fs::read_dir(demo_dir().join("images"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(names.len(), 40);
-    for name in names {
-        let a = image::open(out.join("images").join(&name))
+    for (dir, count) in [("images", 40), ("rec/images", 20)] {
+        let names: Vec<_> = fs::read_dir(demo_dir().join(dir))
             .unwrap()
-            .to_rgb8();
-        let b = image::open(demo_dir().join("images").join(&name))
-            .unwrap()
-            .to_rgb8();
-        assert!(a == b, "{name:?} differs");
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), count, "{dir}");
+        for name in names {
+            let a = image::open(out.join(dir).join(&name)).unwrap().to_rgb8();
+            let b = image::open(demo_dir().join(dir).join(&name))
+                .unwrap()
+                .to_rgb8();
+            assert!(a == b, "{dir}/{name:?} differs");
+        }
     }
+    // The REC set reads as an MDETR file, one expression per object whose
+    // category is unique in its scene.
+    let set = spr_workbench::core::rec::data::load(&out.join("rec/finetune_demo_val.json"), None)
+        .unwrap();
+    assert!(set.issues.is_empty(), "{:?}", set.issues);
+    assert!(set.items.len() >= 40, "{}", set.items.len());
+    assert!(set.items.iter().all(|i| i.expression.starts_with("the ")));
 }
 
 #[test]
@@ -220,14 +228,18 @@ fn eval_rec_reports_accuracy_by_threshold() {
     assert!(out.status.success(), "{stdout}{stderr}");
     // a: 1.0, b: 0.65, c: 1.0, d: none → 0
     assert!(
-        stdout.contains("REC on 4 samples (1 without a box, 2 lines skipped)"),
+        stdout.contains("REC on 4 samples (2 lines skipped)"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("Acc@0.5   75.00%") && stdout.contains("Acc@0.7   50.00%"),
+        stdout.contains("Acc@0.5      75.00%") && stdout.contains("Acc@0.7      50.00%"),
         "{stdout}"
     );
-    assert!(stdout.contains("mean IoU  0.6625"), "{stdout}");
+    assert!(stdout.contains("mean IoU    0.6625"), "{stdout}");
+    assert!(
+        stdout.contains("parse rate   75.00%  (1 of 4 answers without a box)"),
+        "{stdout}"
+    );
     assert!(
         stderr.contains("preds.jsonl:5: field \"pred_bbox\" or \"output\""),
         "{stderr}"

@@ -84,6 +84,7 @@ fn greedy(max_new_tokens: usize) -> GenerationConfig {
         max_new_tokens,
         sampling: Sampling::Greedy,
         eos_token_ids: vec![2],
+        min_new_tokens: 0,
     }
 }
 
@@ -225,6 +226,7 @@ fn kv_cache_and_left_padding_agree_with_full_forward() {
             seed: 11,
         },
         eos_token_ids: vec![2],
+        min_new_tokens: 0,
     };
     let a = model.generate(&prompt, Some(&f0), None, &sample).unwrap();
     let b = model.generate(&prompt, Some(&f0), None, &sample).unwrap();

@@ -6,8 +6,9 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
+use spr_workbench::core::runs::{Event, RunDir, StepEvent};
 use spr_workbench::demo::tiny;
-use spr_workbench::train::trainer::{self, files, TrainConfig};
+use spr_workbench::train::trainer::{self, TrainConfig};
 
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/tiny-model");
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
@@ -41,14 +42,20 @@ fn dpo_on_the_demo_pairs_widens_the_margins() {
     let s = trainer::train(&cfg, &run, |_| {}, &AtomicBool::new(false)).unwrap();
     assert_eq!(s.skipped.len(), 0, "{:?}", s.skipped.first());
     assert_eq!(s.examples, 76);
-    let ev: Vec<serde_json::Value> = std::fs::read_to_string(run.join(files::EVENTS))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+    let (events, errors) = RunDir::new(&run).read_events().unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    let steps: Vec<&StepEvent> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step(s) => Some(s),
+            _ => None,
+        })
         .collect();
-    let col = |name: &str| -> Vec<f64> { ev.iter().map(|e| e[name].as_f64().unwrap()).collect() };
-    let margins = col("rewards/margins");
-    let acc = col("rewards/accuracies");
+    let margins: Vec<f64> = steps.iter().map(|s| s.rewards_margins.unwrap()).collect();
+    let acc: Vec<f64> = steps
+        .iter()
+        .map(|s| s.rewards_accuracies.unwrap())
+        .collect();
     eprintln!("margins {margins:?}\naccuracies {acc:?}");
     let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
     assert!(margins[0].abs() < 1e-3, "step 1 starts at the reference");

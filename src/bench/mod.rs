@@ -9,7 +9,10 @@
 //!   queries per second on one core (target ≥ 100k).
 //! - `spr bench train`: DPO-step tokens/s and peak memory of the trainer
 //!   ([`train`]).
+//! - `spr bench generate`: new tokens/s and peak memory of batched
+//!   generation ([`generate`]).
 
+pub mod generate;
 pub mod load;
 pub mod train;
 

@@ -1,6 +1,13 @@
 //! The `spr` command line: one subcommand per pipeline step, all on the
 //! library code the GUI uses, with progress bars on long work and one-line
 //! errors (`error: <file>:<line>: …`).
+//!
+//! - this file: the commands and the project-stage steps;
+//! - [`infer`]: `spr generate`, `spr merge-shards`, `spr eval`;
+//! - [`train`]: `spr train`.
+
+mod infer;
+mod train;
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +22,6 @@ use crate::core::project::{
     self, files, CandidateRecord, LineError, MarkRecord, PairRecord, Project, RegionRecord,
     ScoreRecord,
 };
-use crate::core::rec::{self, PredictionRecord};
 use crate::core::scores::NoDetector;
 
 /// Spatial preference data for grounding MLLMs (SPR, ICCV 2025).
@@ -102,7 +108,13 @@ pub enum Command {
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Train on a TRL-layout JSONL or a project's pairs: LoRA or full, DPO-family or SFT.
-    Train(TrainArgs),
+    Train(train::TrainArgs),
+    /// A model writes grounded region descriptions → candidates.jsonl.
+    Generate(infer::GenerateArgs),
+    /// Merge `spr generate --shard I/N` outputs into candidates.jsonl.
+    MergeShards(infer::MergeArgs),
+    /// REC accuracy of a model at IoU 0.5–0.9 on a REC set.
+    Eval(infer::EvalArgs),
     /// The tiny demo model: SFT data, initial model, evaluation.
     #[command(subcommand)]
     Tiny(TinyCommand),
@@ -138,6 +150,13 @@ pub enum TinyCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Write the files transformers' AutoProcessor needs (tokenizer and
+    /// processor configs, chat template) into a tiny model folder.
+    HfFiles {
+        /// The model folder (with tokenizer.json and preprocessor_config.json).
+        #[arg(long)]
+        model: PathBuf,
+    },
     /// Describe a project's regions with a model; print the parse rate and
     /// SPR's localization score.
     Eval {
@@ -162,6 +181,29 @@ pub enum TinyCommand {
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// New tokens/s and peak memory of batched generation on a llava-hf
+    /// model and a folder of images (each batch size in a fresh process);
+    /// without them, the DESIGN §7 benchmark model and the demo's scenes.
+    Generate {
+        /// llava-hf-layout model folder.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Folder of PNG / JPEG images.
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Images used (the first ones by name).
+        #[arg(long, default_value_t = 16)]
+        count: usize,
+        /// New tokens per image.
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        /// Batch sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,16")]
+        batches: Vec<usize>,
+        /// Measure in this process and print JSON (used by the parent run).
+        #[arg(long, hide = true)]
+        child: bool,
+    },
     /// Load + index + object-rich filter of an annotation file; without FILE,
     /// generates an Objects365-val-sized file first (80k images, ~1.2M boxes).
     Load {
@@ -227,7 +269,7 @@ pub fn run(cli: Cli) -> Result<()> {
             predictions,
             format,
             out,
-        }) => eval_rec(&predictions, format, out.as_deref()),
+        }) => infer::eval_rec(&predictions, format, out.as_deref()),
         Some(Command::Demo { out, images, seed }) => {
             let cfg = crate::demo::DemoConfig {
                 images,
@@ -236,12 +278,13 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             let s = crate::demo::generate(&out, &cfg)?;
             println!(
-                "demo: {} synthetic images, {} annotations, {} regions, {} candidates, {} pairs → {}",
+                "demo: {} synthetic images, {} annotations, {} regions, {} candidates, {} pairs, {} REC expressions → {}",
                 s.images,
                 s.annotations,
                 s.regions,
                 s.candidates,
                 s.pairs,
+                s.rec_expressions,
                 out.display()
             );
             Ok(())
@@ -249,6 +292,21 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Bench(BenchCommand::Load { file, images, keep })) => {
             crate::bench::load_command(file.as_deref(), images, keep.as_deref())
         }
+        Some(Command::Bench(BenchCommand::Generate {
+            model,
+            images,
+            count,
+            new_tokens,
+            batches,
+            child,
+        })) => crate::bench::generate::command(
+            model.as_deref(),
+            images.as_deref(),
+            count,
+            new_tokens,
+            &batches,
+            child,
+        ),
         Some(Command::Bench(BenchCommand::Regions { images })) => {
             crate::bench::regions_command(images)
         }
@@ -271,7 +329,10 @@ pub fn run(cli: Cli) -> Result<()> {
             },
             keep.as_deref(),
         ),
-        Some(Command::Train(args)) => train(&args),
+        Some(Command::Train(args)) => train::train(&args),
+        Some(Command::Generate(args)) => infer::generate(&args),
+        Some(Command::MergeShards(args)) => infer::merge(&args),
+        Some(Command::Eval(args)) => infer::eval(&args),
         Some(Command::Tiny(cmd)) => tiny(cmd),
     }
 }
@@ -293,6 +354,20 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     }
     b.set_message(what.to_string());
     b
+}
+
+/// A flag set by Ctrl-C or SIGTERM, so long work can stop cleanly (a
+/// second signal exits at once).
+fn stop_on_signals() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::Arc;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))
+            .context("cannot install the signal handler")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("cannot install the signal handler")?;
+    }
+    Ok(stop)
 }
 
 fn open(dir: &Path) -> Result<Project> {
@@ -504,46 +579,6 @@ fn export(dir: &Path, out: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn eval_rec(predictions: &Path, format: BoxFormat, out: Option<&Path>) -> Result<()> {
-    let (records, errors) = project::read_jsonl_plain::<PredictionRecord>(predictions)?;
-    warn_lines(&errors);
-    let mut samples = Vec::with_capacity(records.len());
-    let mut bad = 0;
-    for (line, r) in &records {
-        match r.score(format, &format!("line{line}")) {
-            Ok(s) => samples.push(s),
-            Err(e) => {
-                bad += 1;
-                if bad <= 5 {
-                    eprintln!(
-                        "warning: {}:{line}: {e}; line skipped",
-                        predictions.display()
-                    );
-                }
-            }
-        }
-    }
-    if samples.is_empty() {
-        bail!("{}: no scorable prediction records", predictions.display());
-    }
-    let report = rec::rec_report(&samples);
-    println!(
-        "REC on {} samples ({} without a box, {} lines skipped):",
-        report.samples,
-        report.no_box,
-        errors.len() + bad
-    );
-    for (t, acc) in &report.accuracy {
-        println!("  Acc@{t:.1}  {:6.2}%", acc * 100.0);
-    }
-    println!("  mean IoU  {:.4}", report.mean_iou);
-    if let Some(out) = out {
-        project::write_jsonl(out, &samples)?;
-        println!("per-sample records → {}", out.display());
-    }
-    Ok(())
-}
-
 fn show(dir: &Path) -> Result<()> {
     let p = open(dir)?;
     println!("{} ({})", p.config.name, p.root.display());
@@ -591,6 +626,13 @@ fn tiny(cmd: TinyCommand) -> Result<()> {
                 out.display()
             );
         }
+        TinyCommand::HfFiles { model } => {
+            tiny::write_transformers_files(&model)?;
+            println!(
+                "tiny hf-files: tokenizer_config.json, processor_config.json, chat_template.jinja → {}",
+                model.display()
+            );
+        }
         TinyCommand::Eval {
             model,
             project,
@@ -623,152 +665,6 @@ fn tiny(cmd: TinyCommand) -> Result<()> {
                 crate::core::project::write_atomic(&out, text.as_bytes())?;
             }
         }
-    }
-    Ok(())
-}
-
-/// Options of `spr train`.
-#[derive(Debug, clap::Args)]
-pub struct TrainArgs {
-    /// Model folder or hub id (llava-hf layout).
-    #[arg(long, required_unless_present = "resume")]
-    pub model: Option<String>,
-    /// TRL-layout preference JSONL (as `spr export` writes it), or an SPR project folder.
-    #[arg(long, required_unless_present = "resume")]
-    pub data: Option<PathBuf>,
-    /// Run folder (config.json, events.jsonl, checkpoints, adapter).
-    #[arg(long)]
-    pub run: PathBuf,
-    /// Objective: dpo, ipo, hinge, robust, sft or fdpo.
-    #[arg(long, default_value = "dpo")]
-    pub objective: String,
-    /// Optimizer steps.
-    #[arg(long, default_value_t = 1000)]
-    pub steps: u64,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-5)]
-    pub lr: f64,
-    /// DPO β.
-    #[arg(long, default_value_t = 0.1)]
-    pub beta: f64,
-    /// LoRA rank.
-    #[arg(long, default_value_t = 128)]
-    pub lora_r: usize,
-    /// LoRA α.
-    #[arg(long, default_value_t = 256.0)]
-    pub lora_alpha: f64,
-    /// Pairs (or supervised rows) per batch.
-    #[arg(long, default_value_t = 2)]
-    pub batch: usize,
-    /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
-    pub grad_accum: usize,
-    /// What trains: lora (adapters) or full (every language-model and
-    /// projector weight; for small models).
-    #[arg(long, default_value = "lora")]
-    pub tune: String,
-    /// Linear warm-up steps before the cosine decay.
-    #[arg(long, default_value_t = 0)]
-    pub warmup: u64,
-    /// Final learning rate as a fraction of --lr.
-    #[arg(long, default_value_t = 0.0)]
-    pub min_lr_ratio: f64,
-    /// Longest prompt + response kept, in tokens (longer pairs are skipped).
-    #[arg(long, default_value_t = 2048)]
-    pub max_len: usize,
-    /// Checkpoint every this many steps (0: only on stop and at the end).
-    #[arg(long, default_value_t = 500)]
-    pub checkpoint_every: u64,
-    /// Seed of the LoRA initialisation and the data order.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Continue the run in --run from its latest checkpoint (other options
-    /// are taken from its config.json).
-    #[arg(long)]
-    pub resume: bool,
-}
-
-/// `spr train`: a progress bar per step; Ctrl-C / SIGTERM saves a
-/// checkpoint and exits.
-fn train(args: &TrainArgs) -> Result<()> {
-    use crate::train::objectives::{Objective, ObjectiveConfig};
-    use crate::train::trainer::{self, TrainConfig};
-    use std::sync::atomic::AtomicBool;
-    crate::train::tune_allocator();
-    use std::sync::Arc;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal while the checkpoint is being written exits at once.
-        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))
-            .context("cannot install the signal handler")?;
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .context("cannot install the signal handler")?;
-    }
-    let pb = bar(0, "train");
-    let progress = |log: &trainer::StepLog| {
-        pb.set_length(log.total_steps);
-        pb.set_position(log.step);
-        pb.set_message(format!("loss {:.4}", log.metrics.loss));
-    };
-    let summary = if args.resume {
-        trainer::resume(&args.run, progress, &stop)
-    } else {
-        let (Some(model), Some(data)) = (&args.model, &args.data) else {
-            bail!("--model and --data are required unless --resume");
-        };
-        let objective: Objective = args
-            .objective
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--objective: {e}"))?;
-        let mut cfg = TrainConfig::new(model.clone(), data.clone());
-        cfg.objective = ObjectiveConfig {
-            beta: args.beta,
-            ..ObjectiveConfig::new(objective)
-        };
-        cfg.total_steps = args.steps;
-        cfg.lr = args.lr;
-        cfg.lora_r = args.lora_r;
-        cfg.lora_alpha = args.lora_alpha;
-        cfg.batch_size = args.batch;
-        cfg.grad_accum = args.grad_accum;
-        cfg.tune = args
-            .tune
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--tune: {e}"))?;
-        cfg.warmup_steps = args.warmup;
-        cfg.min_lr_ratio = args.min_lr_ratio;
-        cfg.max_len = args.max_len;
-        cfg.checkpoint_every = args.checkpoint_every;
-        cfg.seed = args.seed;
-        trainer::train(&cfg, &args.run, progress, &stop)
-    };
-    pb.finish_and_clear();
-    let s = summary?;
-    for skipped in &s.skipped {
-        eprintln!("warning: skipped {skipped}");
-    }
-    if s.stopped {
-        println!(
-            "train: stopped at step {}; checkpoint in {} (continue with --resume)",
-            s.steps,
-            s.last_checkpoint
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        );
-    } else {
-        println!(
-            "train: {} steps on {} pairs ({} skipped), final loss {:.4} → {}",
-            s.steps,
-            s.examples,
-            s.skipped.len(),
-            s.losses.last().copied().unwrap_or(f64::NAN),
-            s.output
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        );
     }
     Ok(())
 }

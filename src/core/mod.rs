@@ -2,14 +2,18 @@
 //! tensor library, so that the CLI, the GUI and the tests share one
 //! implementation.
 
+pub mod atomic;
 pub mod dataset;
 pub mod geometry;
 pub mod grounded;
 pub mod imageio;
 pub mod pipeline;
 pub mod project;
+pub mod prompts;
 pub mod rec;
 pub mod regions;
 pub mod rng;
+pub mod runs;
 pub mod scores;
+pub mod segment;
 pub mod workspace;

@@ -20,7 +20,7 @@
 //! rename) so a crash never leaves half a file.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -203,6 +203,9 @@ pub struct ProjectConfig {
     /// Export.
     #[serde(default)]
     pub export: ExportConfig,
+    /// Candidate generation by a model (`spr generate`).
+    #[serde(default)]
+    pub generate: crate::core::prompts::GenerateConfig,
 }
 
 /// Where a region query came from.
@@ -275,6 +278,37 @@ pub struct CandidateRecord {
     /// The frame its boxes refer to.
     #[serde(default)]
     pub frame: Frame,
+    /// How a model wrote it (`spr generate`); absent for other sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationMeta>,
+}
+
+/// How a model generated a candidate: enough to tell candidates of one
+/// model, adapter, prompt and sample apart, and to reproduce them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerationMeta {
+    /// The model folder or hub id.
+    pub model: String,
+    /// The LoRA adapter folder, when one was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    /// The prompt template's id.
+    pub prompt_id: String,
+    /// Sample index within (query, prompt), from 0.
+    pub sample: usize,
+    /// Softmax temperature (0: greedy).
+    pub temperature: f64,
+    /// Nucleus mass (top-p), when sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// The sequence's own sampling seed, when sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Token limit of the answer.
+    pub max_new_tokens: usize,
+    /// Whether the answer ended by itself (`eos`) or hit the limit
+    /// (`length`).
+    pub finish: String,
 }
 
 /// Score components of one candidate (`scores.jsonl`).
@@ -461,30 +495,10 @@ pub fn read_jsonl_plain<T: DeserializeOwned>(path: &Path) -> Result<JsonlLines<T
     Ok((records, errors))
 }
 
-/// Write `bytes` to `path` atomically: a temporary file in the same folder,
-/// flushed to disk, then renamed over the target.
+/// Write `bytes` to `path` atomically ([`crate::core::atomic`]), naming
+/// the file in the error.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ProjectError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| ProjectError::io(path, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(ProjectError::io(path, e));
-    }
-    Ok(())
+    crate::core::atomic::write_atomic(path, bytes).map_err(|e| ProjectError::io(path, e))
 }
 
 /// Records encoded as JSONL bytes (one compact JSON object per line).
@@ -712,16 +726,6 @@ mod tests {
         let errors = w.take_errors();
         assert_eq!(errors.len(), 1);
         assert!(errors[0].contains("under-a-file.jsonl"), "{errors:?}");
-    }
-
-    #[test]
-    fn atomic_write_replaces_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/x.jsonl");
-        write_atomic(&path, b"one").unwrap();
-        write_atomic(&path, b"two").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"two");
-        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
     }
 
     #[test]

@@ -76,20 +76,20 @@ impl Edit {
         match self {
             Edit::AddRegion(r) => Inverse::RemoveRegion(r.id.clone()),
             Edit::AddCandidate(c) => Inverse::RemoveCandidate(c.id.clone()),
-            Edit::SetText { id, before, after } => Inverse::Edit(Edit::SetText {
+            Edit::SetText { id, before, after } => Inverse::Edit(Box::new(Edit::SetText {
                 id: id.clone(),
                 before: after.clone(),
                 after: before.clone(),
-            }),
+            })),
             Edit::SetMark {
                 query_id,
                 before,
                 after,
-            } => Inverse::Edit(Edit::SetMark {
+            } => Inverse::Edit(Box::new(Edit::SetMark {
                 query_id: query_id.clone(),
                 before: after.clone(),
                 after: before.clone(),
-            }),
+            })),
         }
     }
 }
@@ -98,7 +98,7 @@ impl Edit {
 enum Inverse {
     RemoveRegion(String),
     RemoveCandidate(String),
-    Edit(Edit),
+    Edit(Box<Edit>),
 }
 
 /// A candidate of a query, scored live.
@@ -427,6 +427,7 @@ impl Workspace {
             text: text.to_string(),
             format: self.project.config.model.format,
             frame: Frame::Crop,
+            generation: None,
         }
     }
 

@@ -23,6 +23,7 @@
 //! can be checked against a fresh run. The descriptions are templated, not
 //! written by any model.
 
+pub mod rec;
 pub mod tiny;
 
 use std::path::{Path, PathBuf};
@@ -54,6 +55,8 @@ pub struct DemoConfig {
     pub height: u32,
     /// Seed of everything.
     pub seed: u64,
+    /// Scenes of the REC evaluation set (`rec/`, its own seed; 0: none).
+    pub rec_scenes: usize,
 }
 
 impl Default for DemoConfig {
@@ -63,6 +66,7 @@ impl Default for DemoConfig {
             width: 384,
             height: 288,
             seed: 2025,
+            rec_scenes: 20,
         }
     }
 }
@@ -88,10 +92,10 @@ pub fn category_names() -> Vec<String> {
 }
 
 #[derive(Clone, Debug)]
-struct Shape {
-    category: usize, // 0-based
-    bbox: Bbox,
-    crowd: bool,
+pub(crate) struct Shape {
+    pub(crate) category: usize, // 0-based
+    pub(crate) bbox: Bbox,
+    pub(crate) crowd: bool,
 }
 
 #[derive(Serialize)]
@@ -192,7 +196,7 @@ fn place(rng: &mut SplitMix64, placed: &[Shape], w: f32, h: f32, lo: f32, hi: f3
     None
 }
 
-fn scene(cfg: &DemoConfig, index: usize) -> (RgbImage, Vec<Shape>) {
+pub(crate) fn scene(cfg: &DemoConfig, index: usize) -> (RgbImage, Vec<Shape>) {
     let mut rng = SplitMix64::for_stream(cfg.seed, index as u64);
     let (w, h) = (cfg.width as f32, cfg.height as f32);
     let mut img = background(cfg, &mut rng);
@@ -397,6 +401,7 @@ fn candidates_for(
             text,
             format: BoxFormat::Ferret,
             frame: Frame::Crop,
+            generation: None,
         })
         .collect()
 }
@@ -416,6 +421,8 @@ pub struct DemoSummary {
     pub candidates: usize,
     /// Pairs.
     pub pairs: usize,
+    /// Referring expressions of the REC set.
+    pub rec_expressions: usize,
 }
 
 const README: &str = "# SPR Workbench demo project (synthetic)
@@ -507,6 +514,7 @@ pub fn generate(out: &Path, cfg: &DemoConfig) -> anyhow::Result<DemoSummary> {
         },
         scoring: ScoringConfig::default(),
         export: ExportConfig::default(),
+        generate: Default::default(),
     };
     let project = Project::create(out, config)?;
     let ds = project.load_dataset()?;
@@ -546,7 +554,13 @@ pub fn generate(out: &Path, cfg: &DemoConfig) -> anyhow::Result<DemoSummary> {
     project::write_jsonl(&project.path(files::CANDIDATES), &candidates)?;
     project::write_jsonl(&project.path(files::SCORES), &scores)?;
     project::write_jsonl(&project.path(files::PAIRS), &pairs)?;
+    let rec_expressions = if cfg.rec_scenes > 0 {
+        rec::write_rec_set(out, cfg, cfg.rec_scenes)?
+    } else {
+        0
+    };
     Ok(DemoSummary {
+        rec_expressions,
         root: out.to_path_buf(),
         images: cfg.images,
         annotations: coco.annotations.len(),

@@ -35,7 +35,7 @@ use crate::core::project::{
     self, files, CandidateRecord, ExportConfig, Frame, Project, RegionRecord, FORMAT_VERSION,
 };
 use crate::core::scores::NoDetector;
-use crate::model::llama::{GenerationConfig, Sampling};
+use crate::model::generation::GenerationConfig;
 use crate::model::llava::{random_weights, save_model};
 use crate::model::tokenizer::{train_small_tokenizer, IMAGE_TOKEN};
 use crate::model::{LlavaBundle, LlavaConfig};
@@ -132,6 +132,7 @@ pub fn write_sft_data(out: &Path, cfg: &SftDataConfig) -> Result<SftDataSummary>
     let demo = super::DemoConfig {
         images: cfg.scenes,
         seed: cfg.seed,
+        rec_scenes: 0,
         ..Default::default()
     };
     super::generate(&scenes, &demo).context("drawing the scenes")?;
@@ -277,7 +278,56 @@ pub fn init_model(out: &Path, corpus: &Path, seed: u64) -> Result<usize> {
         let bytes = serde_json::to_vec_pretty(&value)?;
         project::write_atomic(&path, &bytes)?;
     }
+    write_transformers_files(out)?;
     Ok(weights.values().map(|t| t.elem_count()).sum())
+}
+
+/// LLaVA-1.5's chat template (llava-hf's), as transformers' processor
+/// applies it: `USER: <image>\n{text} ASSISTANT:` ([`chat_prompt`]).
+///
+/// [`chat_prompt`]: crate::model::tokenizer::chat_prompt
+pub const CHAT_TEMPLATE: &str = "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}";
+
+/// Writes what transformers' `AutoProcessor` needs beside a tiny model
+/// folder's `tokenizer.json` and `preprocessor_config.json`:
+/// `tokenizer_config.json` (special tokens, fast tokenizer class),
+/// `processor_config.json` (a `LlavaProcessor` with the image processor,
+/// patch size and feature strategy) and `chat_template.jinja`. Then
+/// `LlavaForConditionalGeneration` and `AutoProcessor` load the folder as
+/// they load `llava-hf/llava-1.5-7b-hf` (`scripts/tiny_model_transformers.py`).
+pub fn write_transformers_files(dir: &Path) -> Result<()> {
+    let pre_path = dir.join("preprocessor_config.json");
+    let pre: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&pre_path).with_context(|| format!("reading {}", pre_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", pre_path.display()))?;
+    let tokenizer_config = serde_json::json!({
+        "backend": "tokenizers",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+        "padding_side": "left",
+        "model_max_length": 512,
+        "processor_class": "LlavaProcessor",
+        "tokenizer_class": "TokenizersBackend"
+    });
+    let processor_config = serde_json::json!({
+        "image_processor": pre,
+        "image_token": IMAGE_TOKEN,
+        "num_additional_image_tokens": 1,
+        "patch_size": 14,
+        "processor_class": "LlavaProcessor",
+        "vision_feature_select_strategy": "default"
+    });
+    for (name, value) in [
+        ("tokenizer_config.json", tokenizer_config),
+        ("processor_config.json", processor_config),
+    ] {
+        project::write_atomic(&dir.join(name), &serde_json::to_vec_pretty(&value)?)?;
+    }
+    project::write_atomic(&dir.join("chat_template.jinja"), CHAT_TEMPLATE.as_bytes())?;
+    Ok(())
 }
 
 /// One region described by a model.
@@ -351,11 +401,7 @@ pub fn evaluate(
     let ids = bundle.tokenizer.encode_chat(&prompt)?;
     let n_ids = ids.len();
     let input = Tensor::from_vec(ids, (1, n_ids), &device)?;
-    let gen_cfg = GenerationConfig {
-        max_new_tokens,
-        sampling: Sampling::Greedy,
-        eos_token_ids: bundle.tokenizer.eos_token_ids().to_vec(),
-    };
+    let gen_cfg = GenerationConfig::greedy(max_new_tokens, bundle.tokenizer.eos_token_ids());
     let started = std::time::Instant::now();
     let mut candidates = Vec::new();
     let mut parsed = Vec::new();
@@ -391,6 +437,7 @@ pub fn evaluate(
             text,
             format: BoxFormat::Ferret,
             frame: Frame::Crop,
+            generation: None,
         });
     }
     let seconds = started.elapsed().as_secs_f64();

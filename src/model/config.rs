@@ -226,14 +226,14 @@ impl LlamaConfig {
         if self.num_attention_heads == 0 || self.num_kv_heads() == 0 {
             return Err("text_config: head counts must be positive".into());
         }
-        if self.num_attention_heads % self.num_kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_kv_heads()) {
             return Err(format!(
                 "text_config: num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_attention_heads,
                 self.num_kv_heads()
             ));
         }
-        if self.head_dim() % 2 != 0 || self.head_dim() == 0 {
+        if !self.head_dim().is_multiple_of(2) || self.head_dim() == 0 {
             return Err(format!(
                 "text_config: head_dim ({}) must be even and positive for rotary embeddings",
                 self.head_dim()
@@ -427,13 +427,13 @@ impl LlavaConfig {
         }
         self.text_config.validate()?;
         let v = &self.vision_config;
-        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err(format!(
                 "vision_config: hidden_size ({}) is not a multiple of num_attention_heads ({})",
                 v.hidden_size, v.num_attention_heads
             ));
         }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return Err(format!(
                 "vision_config: image_size ({}) is not a multiple of patch_size ({})",
                 v.image_size, v.patch_size

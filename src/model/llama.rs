@@ -15,6 +15,9 @@
 //! track no gradient (`Tensor::track_op`), and the differentiable composite
 //! forms otherwise.
 //!
+//! Decoding lives in [`super::generation`]; this module gives it a forward
+//! with a KV cache.
+//!
 //! Positions come from the attention mask (`cumsum(mask) - 1`, as
 //! transformers' `generate` computes them), so left-padded batches generate
 //! exactly like unpadded prompts; for right padding (training) they equal
@@ -351,53 +354,6 @@ impl DecoderLayer {
     }
 }
 
-/// How the next token is chosen.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Sampling {
-    /// Highest-probability token (first on ties, like `torch.argmax`).
-    Greedy,
-    /// Softmax at `temperature`, restricted to the smallest set of tokens
-    /// whose probability reaches `top_p` (nucleus sampling), drawn from a
-    /// generator seeded with `seed`.
-    TopP {
-        /// Softmax temperature (> 0).
-        temperature: f64,
-        /// Nucleus mass in `(0, 1]`.
-        top_p: f64,
-        /// Seed of the sampling stream.
-        seed: u64,
-    },
-}
-
-/// Generation settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenerationConfig {
-    /// Most tokens generated per sequence.
-    pub max_new_tokens: usize,
-    /// Token choice.
-    pub sampling: Sampling,
-    /// Tokens that end a sequence (not included in the output).
-    pub eos_token_ids: Vec<u32>,
-}
-
-/// Why a sequence stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// An end-of-sequence token was produced.
-    Eos,
-    /// `max_new_tokens` was reached.
-    Length,
-}
-
-/// One generated sequence.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Generated {
-    /// New tokens, without the end-of-sequence token.
-    pub tokens: Vec<u32>,
-    /// Why it stopped.
-    pub finish: FinishReason,
-}
-
 /// The Llama causal LM (`LlamaForCausalLM`), with optional LoRA adapters.
 #[derive(Debug, Clone)]
 pub struct Llama {
@@ -495,7 +451,9 @@ impl Llama {
         }
     }
 
-    fn run(
+    /// [`Self::forward_hidden`] with an explicit adapter mode (generation
+    /// runs adapters detached).
+    pub(crate) fn run(
         &self,
         embeds: &Tensor,
         attention_mask: Option<&Tensor>,
@@ -668,109 +626,6 @@ impl Llama {
         }
         Ok(())
     }
-
-    // ----- generation ----------------------------------------------------------
-
-    /// Generates continuations of a batch of prompts given as embeddings
-    /// `(b, t, hidden)`. Batched prompts must be left-padded (mask
-    /// `(b, t)`, 1 = real token) so every row ends at its last real token.
-    /// Finished rows keep decoding a dummy token until all rows finish,
-    /// which never changes the other rows.
-    pub fn generate_from_embeds(
-        &self,
-        embeds: &Tensor,
-        attention_mask: Option<&Tensor>,
-        cfg: &GenerationConfig,
-    ) -> Result<Vec<Generated>> {
-        let (b, t, _) = embeds.dims3()?;
-        let mut mask: Vec<Vec<f32>> = match attention_mask {
-            Some(m) => m.to_dtype(DType::F32)?.to_vec2::<f32>()?,
-            None => vec![vec![1.0; t]; b],
-        };
-        if mask.len() != b || mask.iter().any(|r| r.len() != t) {
-            return Err(ModelError::Input(format!(
-                "attention mask does not match the {b}×{t} prompt batch"
-            )));
-        }
-        if mask.iter().any(|r| r.last().copied().unwrap_or(0.0) == 0.0) {
-            return Err(ModelError::Input(
-                "generation needs left-padded prompts: the last position of every row must be a real token"
-                    .into(),
-            ));
-        }
-        if let Sampling::TopP {
-            temperature, top_p, ..
-        } = cfg.sampling
-        {
-            if temperature <= 0.0 || !(top_p > 0.0 && top_p <= 1.0) {
-                return Err(ModelError::Input(format!(
-                    "sampling needs temperature > 0 and top_p in (0, 1], got {temperature} and {top_p}"
-                )));
-            }
-        }
-        let mut rng = match cfg.sampling {
-            Sampling::TopP { seed, .. } => SplitMix64::new(seed),
-            Sampling::Greedy => SplitMix64::new(0),
-        };
-        let mut out: Vec<Generated> = (0..b)
-            .map(|_| Generated {
-                tokens: Vec::new(),
-                finish: FinishReason::Length,
-            })
-            .collect();
-        let mut done = vec![false; b];
-        let mut cache = self.new_cache();
-        let mut step_embeds = embeds.clone();
-        for _ in 0..cfg.max_new_tokens {
-            let mask_t = Tensor::from_vec(
-                mask.iter().flatten().copied().collect::<Vec<f32>>(),
-                (b, mask[0].len()),
-                self.device(),
-            )?;
-            let mode = if self.adapters_enabled {
-                AdapterMode::Infer
-            } else {
-                AdapterMode::Off
-            };
-            let hidden = self.run(&step_embeds, Some(&mask_t), Some(&mut cache), mode)?;
-            let last = hidden.narrow(1, hidden.dim(1)? - 1, 1)?;
-            let logits = self.lm_head(&last)?.squeeze(1)?.to_dtype(DType::F32)?;
-            let rows = logits.to_vec2::<f32>()?;
-            let mut next = Vec::with_capacity(b);
-            for (i, row) in rows.iter().enumerate() {
-                let token = pick_token(row, cfg.sampling, &mut rng);
-                if !done[i] {
-                    if cfg.eos_token_ids.contains(&token) {
-                        done[i] = true;
-                        out[i].finish = FinishReason::Eos;
-                    } else {
-                        out[i].tokens.push(token);
-                    }
-                }
-                next.push(token);
-            }
-            if done.iter().all(|d| *d) {
-                break;
-            }
-            for row in mask.iter_mut() {
-                row.push(1.0);
-            }
-            let ids = Tensor::from_vec(next, (b, 1), self.device())?;
-            step_embeds = self.embed(&ids)?;
-        }
-        Ok(out)
-    }
-
-    /// [`Self::generate_from_embeds`] for token ids `(b, t)`.
-    pub fn generate(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
-        cfg: &GenerationConfig,
-    ) -> Result<Vec<Generated>> {
-        let embeds = self.embed(input_ids)?;
-        self.generate_from_embeds(&embeds, attention_mask, cfg)
-    }
 }
 
 /// Parses `layers.N.self_attn.q_proj` / `layers.N.mlp.down_proj`.
@@ -841,56 +696,6 @@ fn positions_and_mask(
     }
 }
 
-/// Picks the next token from one row of logits.
-fn pick_token(logits: &[f32], sampling: Sampling, rng: &mut SplitMix64) -> u32 {
-    match sampling {
-        Sampling::Greedy => argmax(logits),
-        Sampling::TopP {
-            temperature, top_p, ..
-        } => {
-            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut probs: Vec<(u32, f64)> = logits
-                .iter()
-                .enumerate()
-                .map(|(i, l)| (i as u32, (((*l - max) as f64) / temperature).exp()))
-                .collect();
-            let sum: f64 = probs.iter().map(|(_, p)| p).sum();
-            probs.iter_mut().for_each(|(_, p)| *p /= sum);
-            // Descending probability, ties by lower id: deterministic.
-            probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            let mut kept = 0;
-            let mut mass = 0.0;
-            for (_, p) in &probs {
-                kept += 1;
-                mass += p;
-                if mass >= top_p {
-                    break;
-                }
-            }
-            let probs = &probs[..kept.max(1)];
-            let total: f64 = probs.iter().map(|(_, p)| p).sum();
-            let mut u = rng.next_f32() as f64 * total;
-            for (id, p) in probs {
-                if u < *p {
-                    return *id;
-                }
-                u -= p;
-            }
-            probs.last().map(|(id, _)| *id).unwrap_or(0)
-        }
-    }
-}
-
-fn argmax(xs: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, v) in xs.iter().enumerate() {
-        if *v > xs[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// Log-probability of each target token: `log_softmax(logits)[target]`.
 /// `logits` is `(b, t, vocab)`, `targets` `(b, t)` (any integer dtype);
 /// returns `(b, t)` in `f32`. Differentiable.
@@ -938,24 +743,6 @@ mod tests {
             &m[0..4],
             &[0.0, f32::NEG_INFINITY, f32::NEG_INFINITY, f32::NEG_INFINITY]
         );
-    }
-
-    #[test]
-    fn top_p_sampling_is_seeded_and_restricted() {
-        let logits = [0.0f32, 5.0, 4.9, -3.0];
-        let s = Sampling::TopP {
-            temperature: 1.0,
-            top_p: 0.9,
-            seed: 3,
-        };
-        let mut a = SplitMix64::new(3);
-        let mut b = SplitMix64::new(3);
-        let xs: Vec<u32> = (0..50).map(|_| pick_token(&logits, s, &mut a)).collect();
-        let ys: Vec<u32> = (0..50).map(|_| pick_token(&logits, s, &mut b)).collect();
-        assert_eq!(xs, ys);
-        assert!(xs.iter().all(|t| *t == 1 || *t == 2));
-        assert!(xs.contains(&1) && xs.contains(&2));
-        assert_eq!(pick_token(&logits, Sampling::Greedy, &mut a), 1);
     }
 
     #[test]

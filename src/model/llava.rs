@@ -33,8 +33,9 @@ use candle_nn::VarBuilder;
 
 use super::clip::{cat_features, ClipVisionTower, Projector};
 use super::config::{FeatureSelect, LlavaConfig};
+use super::generation::{self, Generated, GenerationConfig, Quiet};
 use super::hub::{resolve_model, weight_files, HubOptions, OPTIONAL_FILES, TOKENIZER_FILE};
-use super::llama::{Generated, GenerationConfig, KvCache, Llama};
+use super::llama::{KvCache, Llama};
 use super::lora::{
     read_adapter, write_adapter, AdapterConfigFile, LoraAdapter, LoraConfig, PeftLayout,
     TargetModule,
@@ -426,7 +427,8 @@ impl Llava {
         self.lm.lm_head(&hidden)
     }
 
-    /// Generates continuations of left-padded prompts.
+    /// Generates continuations of left-padded prompts
+    /// ([`generation::generate`], each row seeded by its index).
     pub fn generate(
         &self,
         input_ids: &Tensor,
@@ -435,7 +437,7 @@ impl Llava {
         cfg: &GenerationConfig,
     ) -> Result<Vec<Generated>> {
         let embeds = self.embed(input_ids, image_features)?;
-        self.lm.generate_from_embeds(&embeds, attention_mask, cfg)
+        generation::generate(&self.lm, &embeds, attention_mask, cfg, None, &mut Quiet)
     }
 
     // ----- LoRA -------------------------------------------------------------
@@ -695,15 +697,13 @@ pub fn save_model(dir: &Path, cfg: &LlavaConfig, weights: &HashMap<String, Tenso
         }
     }
     let text = serde_json::to_string_pretty(&json).map_err(json_err)?;
-    std::fs::write(&config_path, text + "\n").map_err(|source| ModelError::Io {
-        path: config_path.clone(),
-        source,
-    })?;
-    let weights_path = dir.join(super::hub::WEIGHTS_FILE);
-    candle_core::safetensors::save(weights, &weights_path).map_err(|source| ModelError::Weights {
-        path: weights_path.clone(),
-        source,
-    })
+    crate::core::atomic::write_atomic(&config_path, (text + "\n").as_bytes()).map_err(
+        |source| ModelError::Io {
+            path: config_path.clone(),
+            source,
+        },
+    )?;
+    super::lora::save_safetensors(weights, &dir.join(super::hub::WEIGHTS_FILE))
 }
 
 /// The weights of a model loaded for full fine-tuning

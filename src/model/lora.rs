@@ -28,7 +28,7 @@
 //! written by default.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{DType, Device, Layout, Tensor, Var};
@@ -42,88 +42,7 @@ pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 /// File name of PEFT's adapter config.
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 
-/// A linear layer of the Llama decoder that can carry an adapter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TargetModule {
-    /// `self_attn.q_proj`.
-    #[serde(rename = "q_proj")]
-    Q,
-    /// `self_attn.k_proj`.
-    #[serde(rename = "k_proj")]
-    K,
-    /// `self_attn.v_proj`.
-    #[serde(rename = "v_proj")]
-    V,
-    /// `self_attn.o_proj`.
-    #[serde(rename = "o_proj")]
-    O,
-    /// `mlp.gate_proj`.
-    #[serde(rename = "gate_proj")]
-    Gate,
-    /// `mlp.up_proj`.
-    #[serde(rename = "up_proj")]
-    Up,
-    /// `mlp.down_proj`.
-    #[serde(rename = "down_proj")]
-    Down,
-}
-
-impl TargetModule {
-    /// All seven linear layers of a decoder block, in checkpoint order.
-    pub const ALL: [TargetModule; 7] = [
-        Self::Q,
-        Self::K,
-        Self::V,
-        Self::O,
-        Self::Gate,
-        Self::Up,
-        Self::Down,
-    ];
-
-    /// The module's attribute name (`q_proj`, ...), as PEFT's
-    /// `target_modules` lists it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Q => "q_proj",
-            Self::K => "k_proj",
-            Self::V => "v_proj",
-            Self::O => "o_proj",
-            Self::Gate => "gate_proj",
-            Self::Up => "up_proj",
-            Self::Down => "down_proj",
-        }
-    }
-
-    /// The module's path inside a decoder layer (`self_attn.q_proj`, ...).
-    pub fn path_in_layer(self) -> &'static str {
-        match self {
-            Self::Q => "self_attn.q_proj",
-            Self::K => "self_attn.k_proj",
-            Self::V => "self_attn.v_proj",
-            Self::O => "self_attn.o_proj",
-            Self::Gate => "mlp.gate_proj",
-            Self::Up => "mlp.up_proj",
-            Self::Down => "mlp.down_proj",
-        }
-    }
-
-    /// Parses `q_proj`, `q`, `self_attn.q_proj`, ... .
-    pub fn parse(name: &str) -> Option<Self> {
-        let short = name.rsplit('.').next().unwrap_or(name);
-        let short = short.strip_suffix("_proj").unwrap_or(short);
-        Some(match short {
-            "q" => Self::Q,
-            "k" => Self::K,
-            "v" => Self::V,
-            "o" => Self::O,
-            "gate" => Self::Gate,
-            "up" => Self::Up,
-            "down" => Self::Down,
-            _ => return None,
-        })
-    }
-}
+pub use crate::core::runs::config::TargetModule;
 
 /// Hyper-parameters of a LoRA adapter set.
 #[derive(Debug, Clone, PartialEq)]
@@ -750,9 +669,9 @@ pub fn read_adapter(dir: &Path, device: &Device) -> Result<AdapterWeights> {
 
 /// Writes a PEFT adapter folder: `adapter_config.json` and
 /// `adapter_model.safetensors` with keys in `layout`. `modules` maps decoder
-/// module paths (`layers.0.self_attn.q_proj`) to their adapters. Files are
-/// written to temporary names and renamed, so a crash never leaves half a
-/// file under the final name.
+/// module paths (`layers.0.self_attn.q_proj`) to their adapters. Each file
+/// is written atomically, so a crash never leaves half a file under the
+/// final name.
 pub fn write_adapter(
     dir: &Path,
     config: &AdapterConfigFile,
@@ -769,39 +688,29 @@ pub fn write_adapter(
         tensors.insert(layout.key(path, "B"), adapter.b.as_tensor().detach());
     }
     let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
-    let tmp = temp_name(&weights_path);
-    candle_core::safetensors::save(&tensors, &tmp).map_err(|source| ModelError::Weights {
-        path: weights_path.clone(),
-        source,
-    })?;
-    rename(&tmp, &weights_path)?;
-
+    save_safetensors(&tensors, &weights_path)?;
     let config_path = dir.join(ADAPTER_CONFIG_FILE);
     let text = serde_json::to_string_pretty(config).map_err(|source| ModelError::Json {
         path: config_path.clone(),
         source,
     })?;
-    let tmp = temp_name(&config_path);
-    std::fs::write(&tmp, text + "\n").map_err(|source| ModelError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    rename(&tmp, &config_path)
+    crate::core::atomic::write_atomic(&config_path, (text + "\n").as_bytes()).map_err(|source| {
+        ModelError::Io {
+            path: config_path,
+            source,
+        }
+    })
 }
 
-fn temp_name(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".tmp");
-    path.with_file_name(name)
-}
-
-fn rename(from: &Path, to: &Path) -> Result<()> {
-    std::fs::rename(from, to).map_err(|source| ModelError::Io {
-        path: to.to_path_buf(),
-        source,
+/// Saves tensors as a safetensors file, atomically
+/// ([`crate::core::atomic::write_atomic_with`]).
+pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    crate::core::atomic::write_atomic_with(path, |tmp| {
+        candle_core::safetensors::save(tensors, tmp).map_err(std::io::Error::other)
+    })
+    .map_err(|e| ModelError::Weights {
+        path: path.to_path_buf(),
+        source: candle_core::Error::Msg(e.to_string()),
     })
 }
 

@@ -6,7 +6,9 @@
 //!   `LlavaForConditionalGeneration`). Image features are a separate call so
 //!   they can be computed once per image and cached.
 //! - [`llama`]: our own Llama decoder: logits for every position, a KV cache,
-//!   greedy and top-p generation, LoRA on its linear layers.
+//!   LoRA on its linear layers.
+//! - [`generation`]: batched decoding with a sampler per sequence (greedy,
+//!   top-p), kept out of the model.
 //! - [`clip`]: the CLIP vision tower and LLaVA's projector.
 //! - [`lora`]: LoRA layers and PEFT-compatible adapter files.
 //! - [`tokenizer`]: `tokenizer.json` plus the LLaVA-1.5 chat prompt.
@@ -29,6 +31,7 @@ use candle_core::{DType, Device};
 
 pub mod clip;
 pub mod config;
+pub mod generation;
 pub mod hub;
 pub mod llama;
 pub mod llava;
@@ -38,10 +41,8 @@ pub mod processor;
 pub mod tokenizer;
 
 pub use config::{ClipVisionConfig, LlamaConfig, LlavaConfig};
-pub use llama::{
-    next_token_logprobs, token_logprobs, FinishReason, Generated, GenerationConfig, KvCache, Llama,
-    Sampling,
-};
+pub use generation::{FinishReason, Generated, GenerationConfig, Sampler, Sampling};
+pub use llama::{next_token_logprobs, token_logprobs, KvCache, Llama};
 pub use llava::{FullWeights, Llava, LlavaBundle};
 pub use lora::{LoraConfig, PeftLayout, TargetModule};
 pub use processor::ImageProcessor;
@@ -118,6 +119,9 @@ pub enum ModelError {
         /// Why the download failed.
         message: String,
     },
+    /// Decoding was cancelled by its caller (Ctrl-C, the GUI's Cancel).
+    #[error("cancelled")]
+    Cancelled,
     /// Inputs that do not fit the model (shapes, token counts).
     #[error("invalid input: {0}")]
     Input(String),

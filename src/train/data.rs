@@ -12,7 +12,7 @@
 //! - a project's `pairs.jsonl` ([`load_project_pairs`]): the image is the
 //!   image root joined with `file_name`, cropped to `crop`, and the pair's
 //!   stored scores give the fDPO reward gaps
-//!   ([`crate::train::segment::spr_pair_reward_gaps`]).
+//!   ([`crate::core::segment::spr_pair_reward_gaps`]).
 //!
 //! Each pair is tokenised as TRL's DPO does: the LLaVA-1.5 chat prompt
 //! (`USER: <image>\n{prompt} ASSISTANT:`, BOS added, `<image>` expanded to
@@ -47,8 +47,8 @@ use crate::core::imageio::{self, ImageLoadError};
 use crate::core::pipeline::TrlMessage;
 use crate::core::project::{PairRecord, FORMAT_VERSION};
 use crate::core::rng::SplitMix64;
+use crate::core::segment::{spr_pair_reward_gaps, Segmenter};
 use crate::model::tokenizer::{chat_prompt, LlavaTokenizer, IMAGE_TOKEN};
-use crate::train::segment::{spr_pair_reward_gaps, Segmenter};
 
 /// Label value of positions that are not scored (PyTorch's ignore index).
 pub const IGNORE_INDEX: i64 = -100;
@@ -792,8 +792,8 @@ mod tests {
     use super::*;
     use crate::core::grounded::BoxFormat;
     use crate::core::scores::Components;
+    use crate::core::segment::GroundedSegmenter;
     use crate::model::LlavaBundle;
-    use crate::train::segment::GroundedSegmenter;
 
     const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-llava");
 

@@ -6,15 +6,13 @@
 //! - [`data`]: preference pairs from TRL or project JSONL, tokenised,
 //!   batched (chosen rows then rejected rows) in a resumable order.
 //! - [`schedule`]: warmup + cosine learning rate and gradient clipping.
-//! - [`segment`]: pluggable segmenters that give every response token a
-//!   segment id (description vs reasoning, text vs box) for fDPO.
+//! - segmenters for fDPO are pure text work: [`crate::core::segment`].
 //! - [`trainer`]: the loop, run folders, checkpoints and exact resume.
 //! - [`tune_allocator`]: malloc settings for a training process.
 
 pub mod data;
 pub mod objectives;
 pub mod schedule;
-pub mod segment;
 pub mod trainer;
 
 /// Sets glibc malloc up for a training process: blocks up to 32 MiB come

@@ -68,11 +68,10 @@
 //! PyTorch, float64, TRL's formulas) through
 //! `src/train/testdata/objectives_reference.json`.
 
-use std::fmt;
-use std::str::FromStr;
-
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
+
+pub use crate::core::runs::config::{Objective, ObjectiveConfig, UnknownObjective};
 
 /// Errors from the objectives and the log-prob helpers.
 #[derive(Debug, thiserror::Error)]
@@ -105,170 +104,6 @@ pub enum ObjectiveError {
 
 /// Result type of this module.
 pub type Result<T> = std::result::Result<T, ObjectiveError>;
-
-/// A preference (or supervised) training objective.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Objective {
-    /// Supervised fine-tuning on the chosen responses only.
-    Sft,
-    /// DPO's sigmoid loss (TRL's `sigmoid`; conservative DPO when
-    /// `label_smoothing > 0`).
-    #[default]
-    #[serde(alias = "sigmoid")]
-    Dpo,
-    /// IPO's squared loss on per-token average log-probs.
-    Ipo,
-    /// Hinge loss (SLiC / RSO).
-    Hinge,
-    /// Robust DPO (unbiased under label noise `label_smoothing`).
-    Robust,
-    /// Fine-grained DPO with segment-specific β (SpatialReasoner-R1).
-    Fdpo,
-}
-
-impl Objective {
-    /// Every objective, in declaration order.
-    pub const ALL: [Objective; 6] = [
-        Objective::Sft,
-        Objective::Dpo,
-        Objective::Ipo,
-        Objective::Hinge,
-        Objective::Robust,
-        Objective::Fdpo,
-    ];
-
-    /// The configuration name (`"dpo"`, `"fdpo"`, …), as serde writes it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Objective::Sft => "sft",
-            Objective::Dpo => "dpo",
-            Objective::Ipo => "ipo",
-            Objective::Hinge => "hinge",
-            Objective::Robust => "robust",
-            Objective::Fdpo => "fdpo",
-        }
-    }
-
-    /// Whether the loss depends on reference log-probs (all but SFT).
-    pub fn needs_reference(self) -> bool {
-        self != Objective::Sft
-    }
-
-    /// Whether the loss needs per-segment log-probs and reward gaps.
-    pub fn needs_segments(self) -> bool {
-        self == Objective::Fdpo
-    }
-
-    /// Whether [`ObjectiveConfig::label_smoothing`] applies.
-    pub fn uses_label_smoothing(self) -> bool {
-        matches!(self, Objective::Dpo | Objective::Robust)
-    }
-}
-
-impl fmt::Display for Objective {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// An objective name that is not one of [`Objective::ALL`].
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown objective `{0}` (expected sft, dpo, ipo, hinge, robust or fdpo)")]
-pub struct UnknownObjective(pub String);
-
-impl FromStr for Objective {
-    type Err = UnknownObjective;
-
-    /// Parses a configuration name, ignoring ASCII case and surrounding
-    /// whitespace; `sigmoid` (TRL's name) means [`Objective::Dpo`].
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        let t = s.trim();
-        if t.eq_ignore_ascii_case("sigmoid") {
-            return Ok(Objective::Dpo);
-        }
-        Objective::ALL
-            .into_iter()
-            .find(|o| o.name().eq_ignore_ascii_case(t))
-            .ok_or_else(|| UnknownObjective(s.to_string()))
-    }
-}
-
-/// Hyper-parameters of the objectives.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ObjectiveConfig {
-    /// Which loss.
-    pub objective: Objective,
-    /// β: inverse strength of the pull towards the reference (TRL and SPR
-    /// default 0.1). For IPO it is the paper's τ.
-    pub beta: f64,
-    /// ε: assumed fraction of flipped preference labels, in `[0, 0.5)`;
-    /// used by `dpo` (conservative DPO) and `robust` only, and must be 0 for
-    /// the others.
-    pub label_smoothing: f64,
-    /// fDPO α: how far β_s may move from β, in `[0, 1]` (paper: 0.3).
-    pub fdpo_alpha: f64,
-    /// fDPO λ_f: temperature of the softmax over reward gaps (paper: 0.6).
-    pub fdpo_lambda: f64,
-}
-
-impl Default for ObjectiveConfig {
-    fn default() -> Self {
-        Self {
-            objective: Objective::Dpo,
-            beta: 0.1,
-            label_smoothing: 0.0,
-            fdpo_alpha: 0.3,
-            fdpo_lambda: 0.6,
-        }
-    }
-}
-
-impl ObjectiveConfig {
-    /// The default configuration for `objective`.
-    pub fn new(objective: Objective) -> Self {
-        Self {
-            objective,
-            ..Self::default()
-        }
-    }
-
-    /// Checks every value's range; the error names the field.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(ObjectiveError::Config(m));
-        if !(self.beta.is_finite() && self.beta > 0.0) {
-            return bad(format!("beta must be finite and > 0, got {}", self.beta));
-        }
-        if !(0.0..0.5).contains(&self.label_smoothing) {
-            return bad(format!(
-                "label_smoothing must lie in [0, 0.5), got {}",
-                self.label_smoothing
-            ));
-        }
-        if self.label_smoothing > 0.0 && !self.objective.uses_label_smoothing() {
-            return bad(format!(
-                "label_smoothing = {} has no effect on `{}` (only dpo and robust use it); set it to 0",
-                self.label_smoothing, self.objective
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.fdpo_alpha) {
-            return bad(format!(
-                "fdpo_alpha must lie in [0, 1], got {}",
-                self.fdpo_alpha
-            ));
-        }
-        if !self.fdpo_lambda.is_finite() {
-            return bad(format!(
-                "fdpo_lambda must be finite, got {}",
-                self.fdpo_lambda
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// Summed log-probs of a batch of pairs under the policy and the reference,
 /// with the number of tokens summed.
@@ -512,7 +347,8 @@ pub fn compute(
     logps: &PairLogps,
     reward_gaps: Option<&Tensor>,
 ) -> Result<ObjectiveOutput> {
-    cfg.validate()?;
+    cfg.validate()
+        .map_err(|e| ObjectiveError::Config(e.message))?;
     let shape = logps.check()?;
     match cfg.objective {
         Objective::Fdpo => {
@@ -906,6 +742,60 @@ fn masked_ids(ids: &Tensor, keep: &Tensor, limit: usize, name: &'static str) -> 
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn token_segments_feed_segment_logps() {
+        use crate::core::grounded::BoxFormat;
+        use crate::core::segment::{GroundedSegmenter, Segmenter};
+        const T: u32 = GroundedSegmenter::TEXT;
+        const B: u32 = GroundedSegmenter::BOX;
+        // prompt token, then the response "a [1, 2, 3, 4]" as 3 tokens.
+        let text = "a [1, 2, 3, 4]";
+        let ids = GroundedSegmenter::new(BoxFormat::Ferret)
+            .token_segments(text, &[(0, 1), (1, 3), (3, 14)])
+            .unwrap();
+        assert_eq!(ids, [T, B, B]);
+        let dev = Device::Cpu;
+        let seg: Vec<u32> = std::iter::once(0).chain(ids).collect();
+        let seg = Tensor::new(seg.as_slice(), &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let labels = Tensor::new(&[[5u32, 1, 2, 3]], &dev).unwrap();
+        let mask = Tensor::new(&[[0u8, 1, 1, 1]], &dev).unwrap();
+        let logits = Tensor::arange(0f32, 24.0, &dev)
+            .unwrap()
+            .reshape((1, 4, 6))
+            .unwrap()
+            .sin()
+            .unwrap();
+        let per_seg = segment_logps(&logits, &labels, &mask, &seg, 2).unwrap();
+        let whole = sequence_logps(&logits, &labels, &mask).unwrap();
+        let parts: Vec<f32> = per_seg.sum.flatten_all().unwrap().to_vec1().unwrap();
+        let total: Vec<f32> = whole.sum.to_vec1().unwrap();
+        assert!((parts[0] + parts[1] - total[0]).abs() < 1e-5);
+        assert_eq!(
+            per_seg
+                .tokens
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            [1.0, 2.0]
+        );
+    }
+
+    #[test]
+    fn metrics_carry_trl_names() {
+        let m = Metrics {
+            loss: 1.0,
+            rewards_margins: 0.5,
+            ..Metrics::default()
+        };
+        let v = serde_json::to_value(m).unwrap();
+        assert_eq!(v["rewards/margins"], 0.5);
+        assert_eq!(m.get("loss"), Some(1.0));
+    }
 
     #[test]
     fn response_logps_match_the_full_logits_path_with_gradients() {
@@ -1526,88 +1416,6 @@ mod tests {
             sequence_logps(&logits, &one, &one).is_err(),
             "T = 1 predicts nothing"
         );
-    }
-
-    #[test]
-    fn config_validation_names_the_field() {
-        let ok = ObjectiveConfig::default();
-        assert!(ok.validate().is_ok());
-        let cases = [
-            (ObjectiveConfig { beta: 0.0, ..ok }, "beta"),
-            (
-                ObjectiveConfig {
-                    beta: f64::NAN,
-                    ..ok
-                },
-                "beta",
-            ),
-            (
-                ObjectiveConfig {
-                    label_smoothing: 0.5,
-                    ..ok
-                },
-                "label_smoothing",
-            ),
-            (
-                ObjectiveConfig {
-                    objective: Objective::Ipo,
-                    label_smoothing: 0.1,
-                    ..ok
-                },
-                "label_smoothing",
-            ),
-            (
-                ObjectiveConfig {
-                    fdpo_alpha: 1.5,
-                    ..ok
-                },
-                "fdpo_alpha",
-            ),
-            (
-                ObjectiveConfig {
-                    fdpo_lambda: f64::INFINITY,
-                    ..ok
-                },
-                "fdpo_lambda",
-            ),
-        ];
-        for (cfg, field) in cases {
-            let err = cfg.validate().unwrap_err().to_string();
-            assert!(err.contains(field), "{err}");
-        }
-    }
-
-    #[test]
-    fn objective_names_round_trip() {
-        for o in Objective::ALL {
-            assert_eq!(o.name().parse::<Objective>().unwrap(), o);
-            let json = serde_json::to_string(&o).unwrap();
-            assert_eq!(json, format!("\"{}\"", o.name()));
-            assert_eq!(serde_json::from_str::<Objective>(&json).unwrap(), o);
-        }
-        assert_eq!("sigmoid".parse::<Objective>().unwrap(), Objective::Dpo);
-        assert_eq!(
-            serde_json::from_str::<Objective>("\"sigmoid\"").unwrap(),
-            Objective::Dpo
-        );
-        assert!("kto".parse::<Objective>().is_err());
-        let cfg: ObjectiveConfig = toml::from_str("objective = \"fdpo\"\nbeta = 0.2").unwrap();
-        assert_eq!(
-            cfg,
-            ObjectiveConfig {
-                beta: 0.2,
-                ..ObjectiveConfig::new(Objective::Fdpo)
-            }
-        );
-        assert!(toml::from_str::<ObjectiveConfig>("betta = 0.2").is_err());
-        let m = Metrics {
-            loss: 1.0,
-            rewards_margins: 0.5,
-            ..Metrics::default()
-        };
-        let v = serde_json::to_value(m).unwrap();
-        assert_eq!(v["rewards/margins"], 0.5);
-        assert_eq!(m.get("loss"), Some(1.0));
     }
 
     proptest! {

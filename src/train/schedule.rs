@@ -10,7 +10,8 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
-use serde::{Deserialize, Serialize};
+
+pub use crate::core::runs::config::LrSchedule;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -30,79 +31,6 @@ pub enum ScheduleError {
 
 /// Result type of this module.
 pub type Result<T> = std::result::Result<T, ScheduleError>;
-
-/// Linear warmup followed by a half-cosine decay.
-///
-/// With `w = warmup_steps`, `n = total_steps`, `r = min_lr_ratio` and
-/// `peak = peak_lr`, the learning rate of optimizer step `s` (0-based, the
-/// value used for the update that step `s` makes) is
-///
-/// ```text
-/// s < w:   lr(s) = peak · s / max(1, w)
-/// s ≥ w:   p     = min(1, (s − w) / max(1, n − w))
-///          f     = ½ · (1 + cos(π · p))
-///          lr(s) = peak · (r + (1 − r) · f)
-/// ```
-///
-/// With `r = 0` this is exactly transformers'
-/// `get_cosine_schedule_with_warmup(num_cycles=0.5)` for `s ≤ n` (so step
-/// 0 has lr 0, step `w` has `peak`, the end has 0); with `r > 0` it is
-/// `get_cosine_with_min_lr_schedule_with_warmup(min_lr_rate=r)`. Unlike
-/// transformers, progress is clamped at 1, so steps past `n` keep the
-/// final value instead of the cosine rising again.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LrSchedule {
-    /// Steps of linear warmup from 0 to `peak_lr`.
-    pub warmup_steps: u64,
-    /// Total optimizer steps of the run (warmup included).
-    pub total_steps: u64,
-    /// The learning rate at the end of warmup.
-    pub peak_lr: f64,
-    /// The final learning rate as a fraction of `peak_lr`, in `[0, 1]`.
-    pub min_lr_ratio: f64,
-}
-
-impl LrSchedule {
-    /// Checks the ranges: `peak_lr` finite and ≥ 0, `min_lr_ratio` in
-    /// `[0, 1]`, `warmup_steps ≤ total_steps`.
-    pub fn validate(&self) -> Result<()> {
-        if !self.peak_lr.is_finite() || self.peak_lr < 0.0 {
-            return Err(ScheduleError::Config {
-                field: "peak_lr",
-                message: format!("must be finite and >= 0, got {}", self.peak_lr),
-            });
-        }
-        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return Err(ScheduleError::Config {
-                field: "min_lr_ratio",
-                message: format!("must be in [0, 1], got {}", self.min_lr_ratio),
-            });
-        }
-        if self.warmup_steps > self.total_steps {
-            return Err(ScheduleError::Config {
-                field: "warmup_steps",
-                message: format!(
-                    "{} is more than total_steps {}",
-                    self.warmup_steps, self.total_steps
-                ),
-            });
-        }
-        Ok(())
-    }
-
-    /// The learning rate of step `step` (see the type's docs for the
-    /// formula).
-    pub fn lr_at(&self, step: u64) -> f64 {
-        if step < self.warmup_steps {
-            return self.peak_lr * step as f64 / self.warmup_steps.max(1) as f64;
-        }
-        let decay_steps = self.total_steps.saturating_sub(self.warmup_steps).max(1);
-        let progress = ((step - self.warmup_steps) as f64 / decay_steps as f64).min(1.0);
-        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
-        let r = self.min_lr_ratio;
-        self.peak_lr * (r + (1.0 - r) * cosine)
-    }
-}
 
 /// Clips the gradients of `vars` in `grads` to a global L2 norm of at most
 /// `max_norm`, like PyTorch's `clip_grad_norm_`, and returns the norm
@@ -151,53 +79,6 @@ pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Res
 mod tests {
     use super::*;
     use candle_core::Device;
-
-    fn close(a: f64, b: f64) -> bool {
-        (a - b).abs() <= 1e-12 * b.abs().max(1.0)
-    }
-
-    #[test]
-    fn schedule_hand_values() {
-        let s = LrSchedule {
-            warmup_steps: 10,
-            total_steps: 110,
-            peak_lr: 1e-5,
-            min_lr_ratio: 0.0,
-        };
-        s.validate().unwrap();
-        assert_eq!(s.lr_at(0), 0.0);
-        assert!(close(s.lr_at(5), 0.5e-5));
-        assert!(close(s.lr_at(10), 1e-5));
-        // Midpoint of the decay: cos(π/2) = 0 → half the peak.
-        assert!(close(s.lr_at(60), 0.5e-5));
-        // A quarter: ½(1 + cos(π/4)).
-        assert!(close(
-            s.lr_at(35),
-            1e-5 * 0.5 * (1.0 + std::f64::consts::FRAC_1_SQRT_2)
-        ));
-        assert!(s.lr_at(110).abs() < 1e-20);
-        assert!(s.lr_at(500).abs() < 1e-20);
-        // A floor of 10 %.
-        let f = LrSchedule {
-            min_lr_ratio: 0.1,
-            ..s
-        };
-        assert!(close(f.lr_at(10), 1e-5));
-        assert!(close(f.lr_at(60), 1e-5 * (0.1 + 0.9 * 0.5)));
-        assert!(close(f.lr_at(110), 1e-6));
-        // No warmup: the first step has the peak.
-        let n = LrSchedule {
-            warmup_steps: 0,
-            ..s
-        };
-        assert!(close(n.lr_at(0), 1e-5));
-        assert!(LrSchedule {
-            warmup_steps: 200,
-            ..s
-        }
-        .validate()
-        .is_err());
-    }
 
     #[test]
     fn clipping_scales_to_max_norm_and_skips_below() {

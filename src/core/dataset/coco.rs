@@ -226,7 +226,7 @@ fn parse_tail<R: Read, F: Fn(u64) -> io::Result<R>>(
     let mut loader = Loader::default();
     let mut count = 0usize;
     loop {
-        if count % 1024 == 0 && stop.load(Ordering::Relaxed) {
+        if count.is_multiple_of(1024) && stop.load(Ordering::Relaxed) {
             return Err(Fail::Format("cancelled".to_string()));
         }
         loader.parse_annotation(&mut reader, count)?;
@@ -750,7 +750,7 @@ fn field_key(k: &[u8]) -> FieldKey {
 /// the root itself): empty, absolute, a Windows drive prefix, a `..`
 /// component, or a NUL byte. Both `/` and `\` count as separators so the
 /// check is the same on every platform.
-fn escapes_root(name: &str) -> bool {
+pub(crate) fn escapes_root(name: &str) -> bool {
     let b = name.as_bytes();
     if b.is_empty() || b.contains(&0) || b[0] == b'/' || b[0] == b'\\' {
         return true;

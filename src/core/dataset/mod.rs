@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::geometry::Bbox;
 
+pub(crate) use coco::escapes_root;
 pub use coco::LoadOptions;
 
 /// One image record.

@@ -859,46 +859,6 @@ mod tests {
         assert_eq!(cfg.build().default_segment(), SectionSegmenter::REASONING);
     }
 
-    #[test]
-    fn token_segments_feed_segment_logps() {
-        use crate::train::objectives::{segment_logps, sequence_logps};
-        use candle_core::{Device, Tensor};
-        // prompt token, then the response "a [1, 2, 3, 4]" as 3 tokens.
-        let text = "a [1, 2, 3, 4]";
-        let ids = GroundedSegmenter::new(BoxFormat::Ferret)
-            .token_segments(text, &[(0, 1), (1, 3), (3, 14)])
-            .unwrap();
-        assert_eq!(ids, [T, B, B]);
-        let dev = Device::Cpu;
-        let seg: Vec<u32> = std::iter::once(0).chain(ids).collect();
-        let seg = Tensor::new(seg.as_slice(), &dev)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let labels = Tensor::new(&[[5u32, 1, 2, 3]], &dev).unwrap();
-        let mask = Tensor::new(&[[0u8, 1, 1, 1]], &dev).unwrap();
-        let logits = Tensor::arange(0f32, 24.0, &dev)
-            .unwrap()
-            .reshape((1, 4, 6))
-            .unwrap()
-            .sin()
-            .unwrap();
-        let per_seg = segment_logps(&logits, &labels, &mask, &seg, 2).unwrap();
-        let whole = sequence_logps(&logits, &labels, &mask).unwrap();
-        let parts: Vec<f32> = per_seg.sum.flatten_all().unwrap().to_vec1().unwrap();
-        let total: Vec<f32> = whole.sum.to_vec1().unwrap();
-        assert!((parts[0] + parts[1] - total[0]).abs() < 1e-5);
-        assert_eq!(
-            per_seg
-                .tokens
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap(),
-            [1.0, 2.0]
-        );
-    }
-
     proptest! {
         #[test]
         fn any_text_and_offsets_give_valid_ids(

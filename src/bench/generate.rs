@@ -13,7 +13,7 @@
 //! fresh child process, so its peak RSS (`VmHWM`) is its own.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use super::load::peak_rss_bytes;
 use crate::core::imageio;
 use crate::core::project::ExportConfig;
-use crate::infer::decode::{self, DecodeJob, FlagObserver};
+use crate::infer::decode::{self, DecodeJob, DecodePlan};
 use crate::model::{LlavaBundle, Sampling};
 
 /// Figures of one batch size.
@@ -74,7 +74,11 @@ pub fn measure(
     bundle.model.set_grad_enabled(false);
     let prompt = ExportConfig::default().prompt;
     let stop = AtomicBool::new(false);
-    let mut tokens = 0usize;
+    let tokens = AtomicUsize::new(0);
+    let plan = DecodePlan {
+        min_new_tokens: new_tokens,
+        ..DecodePlan::new(&bundle, batch, new_tokens)
+    };
     let started = Instant::now();
     for chunk in images.chunks(batch.max(1)) {
         let mut jobs = Vec::with_capacity(chunk.len());
@@ -86,14 +90,10 @@ pub fn measure(
                 sampling: Sampling::Greedy,
             });
         }
-        let mut count = |n: usize| tokens += n;
-        let mut observer = FlagObserver {
-            stop: &stop,
-            on_tokens: &mut count,
-        };
-        decode::decode(&bundle, &jobs, new_tokens, new_tokens, &mut observer)?;
+        decode::decode_all(&bundle, &jobs, plan, &stop, &tokens)?;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let tokens = tokens.into_inner();
     Ok(GenerateBenchReport {
         batch,
         images: images.len(),

@@ -250,6 +250,24 @@ pub enum BenchCommand {
     },
 }
 
+/// Sets the threads per CPU operation for the command (see
+/// [`crate::model::set_cpu_threads_per_op`]): one for the decoding
+/// commands, which split their batches over the cores, every core for the
+/// rest. Call before any thread starts.
+pub fn configure_threads(cli: &Cli) {
+    let decoding = matches!(
+        cli.command,
+        Some(Command::Generate(_))
+            | Some(Command::Eval(_))
+            | Some(Command::Bench(BenchCommand::Generate { .. }))
+    );
+    crate::model::set_cpu_threads_per_op(if decoding {
+        1
+    } else {
+        crate::model::cpu_cores()
+    });
+}
+
 /// Run the command line; errors are returned for `main` to print.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {

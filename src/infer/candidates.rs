@@ -34,10 +34,10 @@ use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Instant;
 
-use super::decode::{self, DecodeJob, FlagObserver};
+use super::decode::{self, DecodeJob, DecodePlan};
 use super::{load_policy, model_label, InferError, Result};
 use crate::core::dataset::Dataset;
 use crate::core::imageio;
@@ -442,21 +442,11 @@ impl BlockContext<'_> {
                 meta.push((q, t, k, prompt, seed));
             }
         }
-        let mut answers = Vec::with_capacity(jobs.len());
-        for chunk in jobs.chunks(self.batch) {
-            let mut count = |n: usize| state.tokens += n;
-            let mut observer = FlagObserver {
-                stop,
-                on_tokens: &mut count,
-            };
-            answers.extend(decode::decode(
-                self.bundle,
-                chunk,
-                self.cfg.max_new_tokens,
-                0,
-                &mut observer,
-            )?);
-        }
+        let tokens = AtomicUsize::new(0);
+        let plan = DecodePlan::new(self.bundle, self.batch, self.cfg.max_new_tokens);
+        let result = decode::decode_all(self.bundle, &jobs, plan, stop, &tokens);
+        state.tokens += tokens.into_inner();
+        let answers = result?;
         Ok(meta
             .into_iter()
             .zip(answers)

@@ -7,6 +7,8 @@
 //! [`generation::generate`] with one sampler per job, so the jobs of a
 //! batch share every forward pass and the KV cache.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use candle_core::Tensor;
 use image::{DynamicImage, RgbImage};
 
@@ -100,21 +102,94 @@ pub fn decode(
         .collect()
 }
 
-/// A [`DecodeObserver`] that counts new tokens into a callback and stops
-/// when a flag is set.
-pub struct FlagObserver<'a> {
+/// A [`DecodeObserver`] that adds new tokens to a shared counter and
+/// stops when a flag is set; shareable between worker threads.
+pub struct Counter<'a> {
     /// Set to cancel.
-    pub stop: &'a std::sync::atomic::AtomicBool,
-    /// Called with the tokens of each step.
-    pub on_tokens: &'a mut dyn FnMut(usize),
+    pub stop: &'a AtomicBool,
+    /// New tokens so far.
+    pub tokens: &'a AtomicUsize,
 }
 
-impl DecodeObserver for FlagObserver<'_> {
+impl DecodeObserver for Counter<'_> {
     fn on_step(&mut self, new_tokens: usize) {
-        (self.on_tokens)(new_tokens);
+        self.tokens.fetch_add(new_tokens, Ordering::Relaxed);
     }
 
     fn cancelled(&self) -> bool {
-        self.stop.load(std::sync::atomic::Ordering::SeqCst)
+        self.stop.load(Ordering::SeqCst)
     }
+}
+
+/// How [`decode_all`] runs a list of jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodePlan {
+    /// Jobs decoded together at most.
+    pub batch: usize,
+    /// Threads a batch is split over ([`crate::model::decode_workers`]).
+    pub workers: usize,
+    /// Most new tokens per job.
+    pub max_new_tokens: usize,
+    /// End-of-sequence is not picked before this many tokens.
+    pub min_new_tokens: usize,
+}
+
+impl DecodePlan {
+    /// Batches of `batch`, as many workers as suit `bundle`'s device, no
+    /// minimum length.
+    pub fn new(bundle: &LlavaBundle, batch: usize, max_new_tokens: usize) -> Self {
+        Self {
+            batch,
+            workers: crate::model::decode_workers(bundle.model.device()),
+            max_new_tokens,
+            min_new_tokens: 0,
+        }
+    }
+}
+
+/// [`decode`] of `jobs` in batches of at most `plan.batch`, each batch
+/// split into `plan.workers` contiguous parts decoded side by side on
+/// their own threads. Answers come back in job order. The split depends
+/// only on the jobs and the plan, so the same work gives the same answers.
+/// New tokens are added to `tokens`; `stop` cancels.
+pub fn decode_all(
+    bundle: &LlavaBundle,
+    jobs: &[DecodeJob],
+    plan: DecodePlan,
+    stop: &AtomicBool,
+    tokens: &AtomicUsize,
+) -> Result<Vec<Decoded>, ModelError> {
+    let DecodePlan {
+        batch,
+        workers,
+        max_new_tokens,
+        min_new_tokens,
+    } = plan;
+    let mut out = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(batch.max(1)) {
+        let part = chunk.len().div_ceil(workers.max(1));
+        let results: Vec<Result<Vec<Decoded>, ModelError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunk
+                .chunks(part)
+                .map(|jobs| {
+                    scope.spawn(move || {
+                        let mut observer = Counter { stop, tokens };
+                        decode(bundle, jobs, max_new_tokens, min_new_tokens, &mut observer)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(ModelError::Input("a decoding thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        for r in results {
+            out.extend(r?);
+        }
+    }
+    Ok(out)
 }

@@ -14,12 +14,12 @@
 //! encoded once (REC sets hold several expressions per image).
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Instant;
 
 use candle_core::Tensor;
 
-use super::decode::{self, DecodeJob, FlagObserver};
+use super::decode::{self, DecodeJob, DecodePlan};
 use super::{InferError, Result};
 use crate::core::imageio;
 use crate::core::rec::data::{RecItem, RecSet};
@@ -78,7 +78,8 @@ pub fn evaluate(
         .collect();
     let mut samples = Vec::with_capacity(items.len());
     let mut skipped = Vec::new();
-    let mut new_tokens = 0usize;
+    let new_tokens = AtomicUsize::new(0);
+    let plan = DecodePlan::new(bundle, opts.batch, opts.max_new_tokens);
     let mut interrupted = false;
     progress(0, items.len());
     for (done, chunk) in items.chunks(opts.batch).enumerate() {
@@ -115,12 +116,7 @@ pub fn evaluate(
             });
             kept.push((item, entry.1, entry.2));
         }
-        let mut count = |n: usize| new_tokens += n;
-        let mut observer = FlagObserver {
-            stop,
-            on_tokens: &mut count,
-        };
-        let answers = match decode::decode(bundle, &jobs, opts.max_new_tokens, 0, &mut observer) {
+        let answers = match decode::decode_all(bundle, &jobs, plan, stop, &new_tokens) {
             Ok(a) => a,
             Err(ModelError::Cancelled) => {
                 interrupted = true;
@@ -141,7 +137,7 @@ pub fn evaluate(
         samples,
         report,
         skipped,
-        new_tokens,
+        new_tokens: new_tokens.into_inner(),
         seconds: started.elapsed().as_secs_f64(),
         interrupted,
     })

@@ -17,7 +17,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::llama::Llama;
+use super::llama::{KvCache, Llama};
 use super::lora::AdapterMode;
 use super::{ModelError, Result};
 use crate::core::rng::SplitMix64;
@@ -271,7 +271,7 @@ pub fn generate(
         })
         .collect();
     let mut done = vec![false; b];
-    let mut cache = lm.new_cache();
+    let mut cache = KvCache::with_capacity(lm.num_layers(), t + cfg.max_new_tokens);
     let mut step_embeds = embeds.clone();
     for produced in 0..cfg.max_new_tokens {
         if observer.cancelled() {

@@ -142,17 +142,79 @@ fn repeat_kv(x: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
         .reshape((b, kv * n_rep, s, d))
 }
 
+/// One layer's cached keys and values: `(b, kv_heads, capacity, d)`
+/// buffers of which the first `len` positions are filled, written in place
+/// as decoding goes (no copy of the past per step).
+#[derive(Debug, Clone)]
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+impl LayerCache {
+    /// Appends `k`, `v` (`(b, kv_heads, t, d)`) and returns views of all
+    /// cached positions, growing the buffers (doubling) when full.
+    fn append(
+        slot: &mut Option<LayerCache>,
+        k: &Tensor,
+        v: &Tensor,
+        reserve: usize,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let t = k.dim(2)?;
+        let needed = slot.as_ref().map_or(0, |c| c.len) + t;
+        let grow = match slot.as_ref() {
+            None => true,
+            Some(c) => needed > c.k.dim(2)?,
+        };
+        if grow {
+            let (b, h, _, d) = k.dims4()?;
+            let cap = needed
+                .max(reserve)
+                .max(slot.as_ref().map_or(0, |c| 2 * c.k.dim(2).unwrap_or(0)));
+            let nk = Tensor::zeros((b, h, cap, d), k.dtype(), k.device())?;
+            let nv = Tensor::zeros((b, h, cap, d), v.dtype(), v.device())?;
+            let len = match slot.take() {
+                Some(old) => {
+                    nk.slice_set(&old.k.narrow(2, 0, old.len)?.contiguous()?, 2, 0)?;
+                    nv.slice_set(&old.v.narrow(2, 0, old.len)?.contiguous()?, 2, 0)?;
+                    old.len
+                }
+                None => 0,
+            };
+            *slot = Some(LayerCache { k: nk, v: nv, len });
+        }
+        let Some(c) = slot.as_mut() else {
+            candle_core::bail!("KV cache slot is empty after allocation");
+        };
+        c.k.slice_set(&k.contiguous()?, 2, c.len)?;
+        c.v.slice_set(&v.contiguous()?, 2, c.len)?;
+        c.len += t;
+        Ok((c.k.narrow(2, 0, c.len)?, c.v.narrow(2, 0, c.len)?))
+    }
+}
+
 /// Per-layer key/value cache for incremental decoding.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerCache>>,
+    /// Positions to reserve at the first write (the prompt plus the new
+    /// tokens to come), so the buffers never grow while decoding.
+    reserve: usize,
 }
 
 impl KvCache {
     /// An empty cache for `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
+        Self::with_capacity(num_layers, 0)
+    }
+
+    /// An empty cache whose buffers hold `positions` positions from the
+    /// first write on.
+    pub fn with_capacity(num_layers: usize, positions: usize) -> Self {
         Self {
             layers: vec![None; num_layers],
+            reserve: positions,
         }
     }
 
@@ -161,8 +223,7 @@ impl KvCache {
         self.layers
             .first()
             .and_then(|l| l.as_ref())
-            .and_then(|(k, _)| k.dim(2).ok())
-            .unwrap_or(0)
+            .map_or(0, |c| c.len)
     }
 
     /// Empties the cache.
@@ -207,7 +268,7 @@ impl Attention {
         xs: &Tensor,
         rope: (&Tensor, &Tensor),
         mask: Option<&Tensor>,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<(&mut Option<LayerCache>, usize)>,
         lora: AdapterMode,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
@@ -231,18 +292,19 @@ impl Attention {
         let q = apply_rotary(&q, rope.0, rope.1)?;
         let k = apply_rotary(&k, rope.0, rope.1)?;
         let (k, v) = match cache {
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                (k, v)
-            }
+            Some((slot, reserve)) => LayerCache::append(slot, &k, &v, reserve)?,
             None => (k, v),
         };
-        let k = repeat_kv(k, nh / nkv)?.contiguous()?;
-        let v = repeat_kv(v, nh / nkv)?.contiguous()?;
+        // Without grouped heads the cache's strided views go straight into
+        // the matmuls (rows of each head are contiguous): no copy.
+        let (k, v) = if nh == nkv {
+            (k, v)
+        } else {
+            (
+                repeat_kv(k, nh / nkv)?.contiguous()?,
+                repeat_kv(v, nh / nkv)?.contiguous()?,
+            )
+        };
         // Scaling q (t × d) instead of the scores (t × t) is cheaper.
         let scale = 1.0 / (hd as f64).sqrt();
         let scores = (q * scale)?.contiguous()?.matmul(&k.t()?)?;
@@ -342,7 +404,7 @@ impl DecoderLayer {
         xs: &Tensor,
         rope: (&Tensor, &Tensor),
         mask: Option<&Tensor>,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<(&mut Option<LayerCache>, usize)>,
         lora: AdapterMode,
     ) -> candle_core::Result<Tensor> {
         let h = self.input_layernorm.forward(xs)?;
@@ -493,7 +555,7 @@ impl Llama {
         let (cos, sin) = self.rotary.tables(&positions, self.dtype())?;
         let mut xs = embeds.to_dtype(self.dtype())?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let slot = cache.as_deref_mut().map(|c| (&mut c.layers[i], c.reserve));
             xs = layer.forward(&xs, (&cos, &sin), mask.as_ref(), slot, mode)?;
         }
         Ok(self.norm.forward(&xs)?)

@@ -142,6 +142,42 @@ pub fn default_dtype(device: &Device) -> DType {
     }
 }
 
+/// The CPU cores this process may use.
+pub fn cpu_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Sets how many threads one candle CPU operation (a matmul) uses, unless
+/// the user set `RAYON_NUM_THREADS` already. Call it first thing in
+/// `main`, before any thread starts.
+///
+/// Why: candle asks for its thread count at every matmul, and without the
+/// variable that means parsing `/proc/cpuinfo` each time (`num_cpus`):
+/// measured here, 261 → 635 generated tokens/s at batch 1 and about 20 %
+/// more DPO-step tokens/s once the variable is set. Decoding many small
+/// sequences runs best with one thread per operation and the batch split
+/// over the cores ([`decode_workers`]); training with every core per
+/// operation.
+pub fn set_cpu_threads_per_op(n: usize) {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // SAFETY (edition 2021: safe, but racy with other threads reading
+        // the environment): called at the start of `main`, single-threaded.
+        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    }
+}
+
+/// How many threads should decode parts of a batch side by side on
+/// `device`: the cores when CPU operations run single-threaded
+/// (`RAYON_NUM_THREADS=1`), else one.
+pub fn decode_workers(device: &Device) -> usize {
+    let single = std::env::var("RAYON_NUM_THREADS").is_ok_and(|v| v.trim() == "1");
+    if device.is_cpu() && single {
+        cpu_cores()
+    } else {
+        1
+    }
+}
+
 /// The first CUDA device when built with CUDA and one is present, else the
 /// CPU.
 pub fn default_device() -> Device {

@@ -423,4 +423,24 @@ fn eval_every_logs_rec_rows_and_the_run_contract_reads_back() {
         RunStatus::Crashed { message } => assert!(message.contains("no-such-model"), "{message}"),
         other => panic!("{other:?}"),
     }
+
+    // `spr runs` reads the same contract.
+    let out = spr(&["runs", tmp.path().to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing: {text}"))
+            .to_string()
+    };
+    assert!(
+        line("dpo ").contains("finished") && line("dpo ").contains("3/3"),
+        "{text}"
+    );
+    assert!(line("stopped ").contains("finished"), "{text}");
+    assert!(
+        line("crashed ").contains("crashed") && text.contains("no-such-model"),
+        "{text}"
+    );
 }

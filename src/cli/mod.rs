@@ -115,6 +115,13 @@ pub enum Command {
     MergeShards(infer::MergeArgs),
     /// REC accuracy of a model at IoU 0.5–0.9 on a REC set.
     Eval(infer::EvalArgs),
+    /// The training runs in a folder, with status, steps, last loss and
+    /// last REC evaluation.
+    Runs {
+        /// Folder holding run folders (default: ./runs).
+        #[arg(default_value = "runs")]
+        dir: PathBuf,
+    },
     /// The tiny demo model: SFT data, initial model, evaluation.
     #[command(subcommand)]
     Tiny(TinyCommand),
@@ -351,6 +358,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Generate(args)) => infer::generate(&args),
         Some(Command::MergeShards(args)) => infer::merge(&args),
         Some(Command::Eval(args)) => infer::eval(&args),
+        Some(Command::Runs { dir }) => train::list(&dir),
         Some(Command::Tiny(cmd)) => tiny(cmd),
     }
 }

@@ -219,3 +219,41 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// `spr runs`: one line per run, read through the run-folder contract.
+pub fn list(dir: &Path) -> Result<()> {
+    use crate::core::runs::{list_runs, RunOverview, RunStatus};
+    let runs = list_runs(dir);
+    if runs.is_empty() {
+        println!("{}: no runs (folders with a config.json)", dir.display());
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<9} {:<7} {:>11} {:>9} {:>9} {:>9}",
+        "run", "status", "obj.", "steps", "loss", "acc", "REC@0.5"
+    );
+    for run in runs {
+        let o = RunOverview::read(&run)?;
+        let total = o.config.as_ref().map_or(0, |c| c.total_steps);
+        let objective = o
+            .config
+            .as_ref()
+            .map_or("?".to_string(), |c| c.objective.objective.to_string());
+        let num =
+            |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+        println!(
+            "{:<24} {:<9} {:<7} {:>11} {:>9} {:>9} {:>9}",
+            run.name(),
+            o.status.label(),
+            objective,
+            format!("{}/{total}", o.steps_done),
+            num(o.last_loss, 4),
+            num(o.last_accuracy, 2),
+            num(o.last_eval.as_ref().map(|e| e.acc_50), 3),
+        );
+        if let RunStatus::Crashed { message } = &o.status {
+            println!("  {message}");
+        }
+    }
+    Ok(())
+}

@@ -32,7 +32,6 @@ mod checkpoint;
 mod logps;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -254,7 +253,7 @@ pub fn train(
     let lock = RunLock::acquire(&run)?;
     run.write_config(cfg)?;
     let events = run.file(files::EVENTS);
-    File::create(&events).map_err(io_err(&events))?;
+    atomic::write_atomic(&events, b"").map_err(io_err(&events))?;
     supervise(&run, lock, 0, || {
         Trainer::setup(cfg, &run, None)?.run(progress, stop)
     })

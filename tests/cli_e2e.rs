@@ -2,22 +2,13 @@
 //! regions → score → pairs → export, the demo generator's determinism,
 //! `eval-rec`, and bad input seen through the CLI.
 
+mod common;
+use common::{copy_dir, demo_dir, spr};
+
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use serde_json::Value;
-
-fn demo_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo")
-}
-
-fn spr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spr"))
-        .args(args)
-        .output()
-        .expect("spr runs")
-}
 
 fn ok(args: &[&str]) -> String {
     let out = spr(args);
@@ -28,21 +19,6 @@ fn ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            if entry.file_name() != "export" {
-                copy_dir(&entry.path(), &target);
-            }
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn jsonl(path: &Path) -> Vec<Value> {

@@ -4,9 +4,11 @@
 //! --eval-every` logs evaluations, and the run folder's status reads back
 //! as finished, stopped or crashed. Bad input is named and the rest runs.
 
+mod common;
+use common::{copy_dir, demo_dir, spr};
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
@@ -23,38 +25,14 @@ use spr_workbench::train::trainer::{self, TrainConfig};
 
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/tiny-model");
 
-fn demo_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo")
-}
-
 fn rec_set() -> PathBuf {
     demo_dir().join("rec/finetune_demo_val.json")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn demo_copy(tmp: &Path) -> Project {
     let root = tmp.join("demo");
     copy_dir(&demo_dir(), &root);
     Project::open(&root).unwrap()
-}
-
-fn spr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spr"))
-        .args(args)
-        .output()
-        .expect("spr runs")
 }
 
 fn options(limit: usize) -> GenerateOptions {

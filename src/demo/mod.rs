@@ -107,13 +107,13 @@ struct CocoImage<'a> {
 }
 
 #[derive(Serialize)]
-struct CocoAnnotation {
-    id: u64,
-    image_id: u64,
-    category_id: u64,
-    bbox: [f32; 4],
-    area: f32,
-    iscrowd: u8,
+pub(crate) struct CocoAnnotation {
+    pub(crate) id: u64,
+    pub(crate) image_id: u64,
+    pub(crate) category_id: u64,
+    pub(crate) bbox: [f32; 4],
+    pub(crate) area: f32,
+    pub(crate) iscrowd: u8,
 }
 
 #[derive(Serialize)]

@@ -15,7 +15,7 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::{category_names, scene, DemoConfig};
+use super::{category_names, scene, CocoAnnotation, DemoConfig};
 use crate::core::project;
 
 /// File names of the REC set.
@@ -42,16 +42,6 @@ struct MdetrImage {
     caption: String,
     original_id: u64,
     dataset_name: &'static str,
-}
-
-#[derive(Serialize)]
-struct MdetrAnnotation {
-    id: u64,
-    image_id: u64,
-    category_id: u64,
-    bbox: [f32; 4],
-    area: f32,
-    iscrowd: u8,
 }
 
 /// Writes `scenes` REC scenes under `out/rec/`; returns the number of
@@ -87,7 +77,7 @@ pub fn write_rec_set(out: &Path, cfg: &DemoConfig, scenes: usize) -> Result<usiz
                 original_id: i as u64 + 1,
                 dataset_name: "spr-demo-rec",
             });
-            annotations.push(MdetrAnnotation {
+            annotations.push(CocoAnnotation {
                 id,
                 image_id: id,
                 category_id: s.category as u64 + 1,

@@ -571,75 +571,15 @@ impl Trainer {
     /// `events.jsonl`. A non-finite loss saves the state before the step
     /// and fails with [`TrainError::NonFinite`].
     pub fn step(&mut self) -> Result<StepLog> {
-        let cfg = &self.cfg;
-        let device = self.bundle.model.device().clone();
-        let n = self.dataset.examples.len();
-        let sft = cfg.objective.objective == Objective::Sft;
-        let pad = self.bundle.tokenizer.pad_token_id();
         let started = Instant::now();
         let before = self.state.clone();
-        let lr = cfg.schedule().lr_at(self.state.step);
+        let lr = self.cfg.schedule().lr_at(self.state.step);
         let mut grads: Option<GradStore> = None;
         let mut metric_sum = [0f64; 7];
         let mut tokens = 0usize;
-        for _ in 0..cfg.grad_accum {
-            let idx = self.state.data_order.next_batch(n, cfg.batch_size);
-            let picked: Vec<&PairExample> =
-                idx.iter().map(|&i| &self.dataset.examples[i]).collect();
-            let batch = if sft {
-                data::collate_chosen(&picked, pad, &device)?
-            } else {
-                data::collate(&picked, pad, &device)?
-            };
-            tokens += batch.n_tokens;
-            let feats = self.features.batch(&self.bundle, &batch)?;
-            let sums = batch_logps(&self.bundle, &batch, &feats, self.n_segments)?;
-            let b = batch.n_pairs;
-            let ids = Tensor::from_vec(
-                idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-                b,
-                &device,
-            )?;
-            let segmented = self.n_segments.is_some();
-            let squeeze =
-                |t: Tensor| -> Result<Tensor> { Ok(if segmented { t } else { t.squeeze(1)? }) };
-            let half =
-                |t: &Tensor, start: usize| -> Result<Tensor> { squeeze(t.narrow(0, start, b)?) };
-            let chosen = LogpSums {
-                sum: half(&sums.sum, 0)?,
-                tokens: half(&sums.tokens, 0)?,
-            };
-            let logps = match &self.refs {
-                Some((ref_c, ref_r)) => PairLogps::from_sums(
-                    chosen,
-                    LogpSums {
-                        sum: half(&sums.sum, b)?,
-                        tokens: half(&sums.tokens, b)?,
-                    },
-                    &squeeze(ref_c.index_select(&ids, 0)?)?,
-                    &squeeze(ref_r.index_select(&ids, 0)?)?,
-                ),
-                // `sft` reads only the chosen side.
-                None => {
-                    let zeros = chosen.sum.zeros_like()?.detach();
-                    PairLogps::from_sums(
-                        chosen,
-                        LogpSums {
-                            sum: zeros.clone(),
-                            tokens: zeros.clone(),
-                        },
-                        &zeros,
-                        &zeros,
-                    )
-                }
-            };
-            let gaps = batch
-                .reward_gaps
-                .as_ref()
-                .map(|g| g.to_dtype(DType::F32))
-                .transpose()?;
-            let out = objectives::compute(&cfg.objective, &logps, gaps.as_ref())?;
-            if !out.metrics.loss.is_finite() {
+        for _ in 0..self.cfg.grad_accum {
+            let micro = self.micro_batch()?;
+            if !micro.metrics.loss.is_finite() {
                 let checkpoint = save_checkpoint(
                     &self.run,
                     &self.bundle,
@@ -649,15 +589,15 @@ impl Trainer {
                 )?;
                 return Err(TrainError::NonFinite {
                     step: before.step + 1,
-                    loss: out.metrics.loss,
+                    loss: micro.metrics.loss,
                     checkpoint,
                 });
             }
-            for (acc, v) in metric_sum.iter_mut().zip(out.metrics.values()) {
+            for (acc, v) in metric_sum.iter_mut().zip(micro.metrics.values()) {
                 *acc += v;
             }
-            let scaled = (out.loss / cfg.grad_accum as f64)?;
-            let g = scaled.backward()?;
+            tokens += micro.tokens;
+            let g = (micro.loss / self.cfg.grad_accum as f64)?.backward()?;
             grads = Some(match grads {
                 None => g,
                 Some(acc) => accumulate(acc, &g, &self.vars)?,
@@ -667,18 +607,19 @@ impl Trainer {
             field: "grad_accum",
             message: "must be at least 1".into(),
         })?;
-        let grad_norm = clip_grad_norm(&mut grads, &self.vars, cfg.max_grad_norm)?;
+        let grad_norm = clip_grad_norm(&mut grads, &self.vars, self.cfg.max_grad_norm)?;
         if grad_norm.is_finite() {
             self.opt.step(&grads, lr)?;
         }
         self.state.step += 1;
         self.state.adam_step = self.opt.t;
-        let k = cfg.grad_accum as f64;
+        let k = self.cfg.grad_accum as f64;
         let m = metric_sum.map(|v| v / k);
         let order = &self.state.data_order;
+        let n = self.dataset.examples.len();
         let log = StepLog {
             step: self.state.step,
-            total_steps: cfg.total_steps,
+            total_steps: self.cfg.total_steps,
             epoch: order.epoch as f64 + order.position as f64 / n as f64,
             metrics: Metrics {
                 loss: m[0],
@@ -692,11 +633,79 @@ impl Trainer {
             lr,
             grad_norm,
             tokens_per_s: tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
-            chosen_only: sft,
+            chosen_only: self.cfg.objective.objective == Objective::Sft,
         };
         self.losses.push(log.metrics.loss);
         self.events.write(&Event::Step(log.event()))?;
         Ok(log)
+    }
+
+    /// The next micro-batch of the data order: its loss (with its graph)
+    /// and metrics.
+    fn micro_batch(&mut self) -> Result<MicroBatch> {
+        let cfg = &self.cfg;
+        let device = self.bundle.model.device().clone();
+        let n = self.dataset.examples.len();
+        let sft = cfg.objective.objective == Objective::Sft;
+        let pad = self.bundle.tokenizer.pad_token_id();
+        let idx = self.state.data_order.next_batch(n, cfg.batch_size);
+        let picked: Vec<&PairExample> = idx.iter().map(|&i| &self.dataset.examples[i]).collect();
+        let batch = if sft {
+            data::collate_chosen(&picked, pad, &device)?
+        } else {
+            data::collate(&picked, pad, &device)?
+        };
+        let feats = self.features.batch(&self.bundle, &batch)?;
+        let sums = batch_logps(&self.bundle, &batch, &feats, self.n_segments)?;
+        let b = batch.n_pairs;
+        let ids = Tensor::from_vec(
+            idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            b,
+            &device,
+        )?;
+        let segmented = self.n_segments.is_some();
+        let squeeze =
+            |t: Tensor| -> Result<Tensor> { Ok(if segmented { t } else { t.squeeze(1)? }) };
+        let half = |t: &Tensor, start: usize| -> Result<Tensor> { squeeze(t.narrow(0, start, b)?) };
+        let chosen = LogpSums {
+            sum: half(&sums.sum, 0)?,
+            tokens: half(&sums.tokens, 0)?,
+        };
+        let logps = match &self.refs {
+            Some((ref_c, ref_r)) => PairLogps::from_sums(
+                chosen,
+                LogpSums {
+                    sum: half(&sums.sum, b)?,
+                    tokens: half(&sums.tokens, b)?,
+                },
+                &squeeze(ref_c.index_select(&ids, 0)?)?,
+                &squeeze(ref_r.index_select(&ids, 0)?)?,
+            ),
+            // `sft` reads only the chosen side.
+            None => {
+                let zeros = chosen.sum.zeros_like()?.detach();
+                PairLogps::from_sums(
+                    chosen,
+                    LogpSums {
+                        sum: zeros.clone(),
+                        tokens: zeros.clone(),
+                    },
+                    &zeros,
+                    &zeros,
+                )
+            }
+        };
+        let gaps = batch
+            .reward_gaps
+            .as_ref()
+            .map(|g| g.to_dtype(DType::F32))
+            .transpose()?;
+        let out = objectives::compute(&cfg.objective, &logps, gaps.as_ref())?;
+        Ok(MicroBatch {
+            loss: out.loss,
+            metrics: out.metrics,
+            tokens: batch.n_tokens,
+        })
     }
 
     /// Saves `checkpoint-<step>/` and returns its folder.
@@ -743,6 +752,13 @@ impl Trainer {
             skipped: self.dataset.skipped,
         }
     }
+}
+
+/// One micro-batch's loss and metrics.
+struct MicroBatch {
+    loss: Tensor,
+    metrics: Metrics,
+    tokens: usize,
 }
 
 /// Adds the gradients `g` of `vars` into `acc` (gradient accumulation).

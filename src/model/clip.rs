@@ -16,51 +16,124 @@
 //! does), it always runs every layer, and it substitutes a random class
 //! embedding when the tensor is missing instead of failing.
 //!
-//! The tower is frozen: nothing here needs gradients, so candle's fused
-//! kernels are used throughout.
+//! The same encoder layer serves CLIP's text tower ([`super::clip_model`]),
+//! and [`ClipVisionTower::pooled_masked`] gives DESIGN §3's local-attention
+//! region embedding. Where no gradient is tracked (LLaVA's frozen tower,
+//! scoring) candle's fused kernels run; the differentiable compositions
+//! otherwise (training the tiny CLIP).
 
 use candle_core::{Tensor, D};
-use candle_nn::{LayerNorm, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::{Activation, ClipVisionConfig};
 use super::lora::linear;
 
 #[derive(Debug, Clone)]
-struct Linear {
+pub(crate) struct Linear {
     weight: Tensor,
     bias: Tensor,
 }
 
 impl Linear {
-    fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> candle_core::Result<Self> {
+    pub(crate) fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> candle_core::Result<Self> {
         Ok(Self {
             weight: vb.get((out_dim, in_dim), "weight")?,
             bias: vb.get(out_dim, "bias")?,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         linear(x, &self.weight, Some(&self.bias))
     }
 }
 
+/// LayerNorm over the last axis: candle's fused kernel when nothing tracks
+/// a gradient, the differentiable composition otherwise (the fused kernel
+/// has no backward; the tiny CLIP trains through here).
 #[derive(Debug, Clone)]
-struct EncoderLayer {
+pub(crate) struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl Norm {
+    pub(crate) fn new(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            bias: vb.get(size, "bias")?,
+            eps,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if !(x.track_op() || self.weight.track_op()) {
+            return candle_nn::ops::layer_norm(
+                &x.contiguous()?,
+                &self.weight,
+                &self.bias,
+                self.eps as f32,
+            );
+        }
+        let n = x.dim(D::Minus1)? as f64;
+        let mean = (x.sum_keepdim(D::Minus1)? / n)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / n)?;
+        centred
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+fn softmax(xs: &Tensor) -> candle_core::Result<Tensor> {
+    if xs.track_op() {
+        super::ops::softmax_last_dim(xs)
+    } else {
+        candle_nn::ops::softmax_last_dim(&xs.contiguous()?)
+    }
+}
+
+/// The sizes of a CLIP encoder layer (text and vision towers share it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerDims {
+    pub(crate) hidden: usize,
+    pub(crate) intermediate: usize,
+    pub(crate) heads: usize,
+    pub(crate) eps: f64,
+    pub(crate) act: Activation,
+}
+
+impl From<&ClipVisionConfig> for LayerDims {
+    fn from(cfg: &ClipVisionConfig) -> Self {
+        Self {
+            hidden: cfg.hidden_size,
+            intermediate: cfg.intermediate_size,
+            heads: cfg.num_attention_heads,
+            eps: cfg.layer_norm_eps,
+            act: cfg.hidden_act,
+        }
+    }
+}
+
+/// A pre-norm transformer block (`CLIPEncoderLayer`).
+#[derive(Debug, Clone)]
+pub(crate) struct EncoderLayer {
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
     out_proj: Linear,
-    layer_norm1: LayerNorm,
+    layer_norm1: Norm,
     fc1: Linear,
     fc2: Linear,
-    layer_norm2: LayerNorm,
+    layer_norm2: Norm,
     num_heads: usize,
     act: Activation,
 }
 
 impl EncoderLayer {
-    fn new(vb: VarBuilder, cfg: &ClipVisionConfig) -> candle_core::Result<Self> {
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    pub(crate) fn new(vb: VarBuilder, d: LayerDims) -> candle_core::Result<Self> {
+        let (h, i) = (d.hidden, d.intermediate);
         let attn = vb.pp("self_attn");
         let mlp = vb.pp("mlp");
         Ok(Self {
@@ -68,16 +141,22 @@ impl EncoderLayer {
             k_proj: Linear::new(attn.pp("k_proj"), h, h)?,
             v_proj: Linear::new(attn.pp("v_proj"), h, h)?,
             out_proj: Linear::new(attn.pp("out_proj"), h, h)?,
-            layer_norm1: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
+            layer_norm1: Norm::new(vb.pp("layer_norm1"), h, d.eps)?,
             fc1: Linear::new(mlp.pp("fc1"), h, i)?,
             fc2: Linear::new(mlp.pp("fc2"), i, h)?,
-            layer_norm2: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
-            num_heads: cfg.num_attention_heads,
-            act: cfg.hidden_act,
+            layer_norm2: Norm::new(vb.pp("layer_norm2"), h, d.eps)?,
+            num_heads: d.heads,
+            act: d.act,
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+    /// The block on `xs` `(b, t, h)`; `mask`, when given, is added to the
+    /// attention scores (`(t, t)`, 0 or −∞; the text tower's causal mask).
+    pub(crate) fn forward(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let (b, t, h) = xs.dims3()?;
         let hd = h / self.num_heads;
         let x = self.layer_norm1.forward(xs)?;
@@ -90,12 +169,62 @@ impl EncoderLayer {
         let k = heads(self.k_proj.forward(&x)?)?;
         let v = heads(self.v_proj.forward(&x)?)?;
         let scores = q.matmul(&k.t()?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = softmax(&scores)?;
         let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))?;
         let xs = (xs + self.out_proj.forward(&attn)?)?;
-        let x = self.layer_norm2.forward(&xs)?;
+        self.mlp_residual(&xs)
+    }
+
+    fn mlp_residual(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.layer_norm2.forward(xs)?;
         let x = self.fc2.forward(&self.act.apply(&self.fc1.forward(&x)?)?)?;
         xs + x
+    }
+
+    /// The block's output at the class token (position 0) of one sequence
+    /// `xs` `(1, t, h)`, once per row of `allowed` `(r, t)`: an additive
+    /// mask (0 or −∞) on the class token's attention row only. With every
+    /// position allowed it is the plain block's class-token output.
+    pub(crate) fn class_token_masked(
+        &self,
+        xs: &Tensor,
+        allowed: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let (_, t, h) = xs.dims3()?;
+        let (r, _) = allowed.dims2()?;
+        let hd = h / self.num_heads;
+        let x = self.layer_norm1.forward(xs)?;
+        // (heads, 1, hd) for the class token; (heads, t, hd) keys, values.
+        let q = (self.q_proj.forward(&x.narrow(1, 0, 1)?)? * (hd as f64).powf(-0.5))?.reshape((
+            self.num_heads,
+            1,
+            hd,
+        ))?;
+        let kv = |p: &Linear| -> candle_core::Result<Tensor> {
+            p.forward(&x)?
+                .reshape((t, self.num_heads, hd))?
+                .transpose(0, 1)?
+                .contiguous()
+        };
+        let (k, v) = (kv(&self.k_proj)?, kv(&self.v_proj)?);
+        let scores = q.matmul(&k.t()?)?; // (heads, 1, t)
+        let scores = scores
+            .reshape((1, self.num_heads, t))?
+            .broadcast_add(&allowed.to_dtype(scores.dtype())?.unsqueeze(1)?)?; // (r, heads, t)
+        let probs = softmax(&scores)?;
+        let attn = probs
+            .transpose(0, 1)?
+            .contiguous()?
+            .matmul(&v)? // (heads, r, hd)
+            .transpose(0, 1)?
+            .reshape((r, h))?;
+        let cls = xs.narrow(1, 0, 1)?.reshape((1, h))?;
+        let out = cls.broadcast_add(&self.out_proj.forward(&attn)?)?;
+        self.mlp_residual(&out)
     }
 }
 
@@ -105,9 +234,9 @@ pub struct ClipVisionTower {
     patch_weight: Tensor,
     class_embedding: Tensor,
     position_embedding: Tensor,
-    pre_layrnorm: LayerNorm,
+    pre_layrnorm: Norm,
     layers: Vec<EncoderLayer>,
-    post_layernorm: Option<LayerNorm>,
+    post_layernorm: Option<Norm>,
     cfg: ClipVisionConfig,
 }
 
@@ -138,16 +267,12 @@ impl ClipVisionTower {
         let position_embedding = emb
             .pp("position_embedding")
             .get((cfg.num_patches() + 1, h), "weight")?;
-        let pre_layrnorm = candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("pre_layrnorm"))?;
+        let pre_layrnorm = Norm::new(vb.pp("pre_layrnorm"), h, cfg.layer_norm_eps)?;
         let layers = (0..num_layers.min(cfg.num_hidden_layers))
-            .map(|i| EncoderLayer::new(vb.pp("encoder").pp("layers").pp(i), cfg))
+            .map(|i| EncoderLayer::new(vb.pp("encoder").pp("layers").pp(i), cfg.into()))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let post_layernorm = if num_layers >= cfg.num_hidden_layers {
-            Some(candle_nn::layer_norm(
-                h,
-                cfg.layer_norm_eps,
-                vb.pp("post_layernorm"),
-            )?)
+            Some(Norm::new(vb.pp("post_layernorm"), h, cfg.layer_norm_eps)?)
         } else {
             None
         };
@@ -215,7 +340,7 @@ impl ClipVisionTower {
         let mut out = Vec::with_capacity(upto + 1);
         out.push(xs.clone());
         for layer in &self.layers[..upto] {
-            xs = layer.forward(&xs)?;
+            xs = layer.forward(&xs, None)?;
             out.push(xs.clone());
         }
         Ok(out)
@@ -231,6 +356,28 @@ impl ClipVisionTower {
         };
         let last = self.hidden_state(pixel_values, self.layers.len())?;
         norm.forward(&last.narrow(1, 0, 1)?.squeeze(1)?)
+    }
+
+    /// The pooled output of one image under region masks: the last layer's
+    /// class token may attend only to itself and the patches `allowed` marks
+    /// (`(r, 1 + patches)`, 0 or −∞, one row per region; other tokens are
+    /// not masked), then `post_layernorm`: `(r, hidden)`. The first layers
+    /// run once whatever `r` is.
+    pub fn pooled_masked(
+        &self,
+        pixel_values: &Tensor,
+        allowed: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let (Some(norm), Some(last)) = (&self.post_layernorm, self.layers.last()) else {
+            candle_core::bail!(
+                "the vision tower was loaded without its last layers and post_layernorm"
+            );
+        };
+        if pixel_values.dim(0)? != 1 {
+            candle_core::bail!("pooled_masked takes one image at a time");
+        }
+        let before = self.hidden_state(pixel_values, self.layers.len() - 1)?;
+        norm.forward(&last.class_token_masked(&before, allowed)?)
     }
 
     /// The single hidden state `index` (0 = embeddings).

@@ -452,6 +452,97 @@ impl LlavaConfig {
     }
 }
 
+/// transformers' `CLIPTextConfig`, with its defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipTextConfig {
+    /// Vocabulary size.
+    #[serde(default = "d_49408")]
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    #[serde(default = "d_512")]
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    #[serde(default = "d_2048")]
+    pub intermediate_size: usize,
+    /// Number of encoder layers.
+    #[serde(default = "d_12")]
+    pub num_hidden_layers: usize,
+    /// Number of attention heads.
+    #[serde(default = "d_8")]
+    pub num_attention_heads: usize,
+    /// Longest token sequence (77 for OpenAI's CLIP).
+    #[serde(default = "d_77")]
+    pub max_position_embeddings: usize,
+    /// MLP activation.
+    #[serde(default = "d_quick_gelu")]
+    pub hidden_act: Activation,
+    /// LayerNorm epsilon.
+    #[serde(default = "d_1e_5")]
+    pub layer_norm_eps: f64,
+    /// End-of-text token: the pooled output is read there. transformers
+    /// treats the old configs' `2` as "the highest id of the row" (CLIP's
+    /// `<|endoftext|>` is the last id of its vocabulary).
+    #[serde(default = "d_2")]
+    pub eos_token_id: u32,
+}
+
+/// transformers' `CLIPConfig` (`CLIPModel`'s `config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipConfig {
+    /// The text tower.
+    pub text_config: ClipTextConfig,
+    /// The vision tower.
+    pub vision_config: ClipVisionConfig,
+    /// Width of the joint embedding space.
+    #[serde(default = "d_512")]
+    pub projection_dim: usize,
+    /// Initial value of `logit_scale` (the weights hold the trained one).
+    #[serde(default = "d_logit_scale")]
+    pub logit_scale_init_value: f64,
+}
+
+impl ClipConfig {
+    /// Checks the sizes fit together; the message names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let t = &self.text_config;
+        if t.num_attention_heads == 0 || !t.hidden_size.is_multiple_of(t.num_attention_heads) {
+            return Err(format!(
+                "text_config: hidden_size {} is not a multiple of num_attention_heads {}",
+                t.hidden_size, t.num_attention_heads
+            ));
+        }
+        let v = &self.vision_config;
+        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
+            return Err(format!(
+                "vision_config: hidden_size {} is not a multiple of num_attention_heads {}",
+                v.hidden_size, v.num_attention_heads
+            ));
+        }
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
+            return Err(format!(
+                "vision_config: image_size {} is not a multiple of patch_size {}",
+                v.image_size, v.patch_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn d_2() -> u32 {
+    2
+}
+fn d_8() -> usize {
+    8
+}
+fn d_77() -> usize {
+    77
+}
+fn d_49408() -> usize {
+    49408
+}
+fn d_logit_scale() -> f64 {
+    2.6592
+}
 fn d_3() -> usize {
     3
 }

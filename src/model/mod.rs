@@ -9,7 +9,10 @@
 //!   LoRA on its linear layers.
 //! - [`generation`]: batched decoding with a sampler per sequence (greedy,
 //!   top-p), kept out of the model.
-//! - [`clip`]: the CLIP vision tower and LLaVA's projector.
+//! - [`clip`]: the CLIP vision tower (with the masked last block of the
+//!   local-attention region embedding) and LLaVA's projector.
+//! - [`clip_model`]: `CLIPModel` (text and vision towers, projections) for
+//!   the semantic score.
 //! - [`lora`]: LoRA layers and PEFT-compatible adapter files.
 //! - [`tokenizer`]: `tokenizer.json` plus the LLaVA-1.5 chat prompt.
 //! - [`processor`]: CLIP image preprocessing (resize, crop, normalise).
@@ -30,6 +33,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device};
 
 pub mod clip;
+pub mod clip_model;
 pub mod config;
 pub mod generation;
 pub mod hub;
@@ -40,7 +44,8 @@ pub mod ops;
 pub mod processor;
 pub mod tokenizer;
 
-pub use config::{ClipVisionConfig, LlamaConfig, LlavaConfig};
+pub use clip_model::ClipModel;
+pub use config::{ClipConfig, ClipTextConfig, ClipVisionConfig, LlamaConfig, LlavaConfig};
 pub use generation::{FinishReason, Generated, GenerationConfig, Sampler, Sampling};
 pub use llama::{next_token_logprobs, token_logprobs, KvCache, Llama};
 pub use llava::{FullWeights, Llava, LlavaBundle};

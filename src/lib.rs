@@ -9,6 +9,7 @@
 //! - [`train`]: preference objectives and the trainer, in candle.
 //! - [`infer`]: models writing text: candidate generation and REC
 //!   evaluation, in candle.
+//! - [`scoring`]: model-backed scorers (CLIP's semantic score), in candle.
 //! - [`demo`]: the synthetic demo-project generator, on top of the core.
 //! - [`bench`]: benchmark drivers that print figures (never timed tests).
 //! - [`app`]: the desktop GUI (eframe/egui + our wgpu overlays), on the core.
@@ -21,4 +22,5 @@ pub mod core;
 pub mod demo;
 pub mod infer;
 pub mod model;
+pub mod scoring;
 pub mod train;

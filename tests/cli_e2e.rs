@@ -56,7 +56,7 @@ fn pipeline_on_the_demo_project() {
 
     // score: one record per candidate, semantic plainly missing.
     let out = ok(&["score", "--project", p]);
-    assert!(out.contains("semantic score missing"), "{out}");
+    assert!(out.contains("semantic score not computed"), "{out}");
     let candidates = jsonl(&proj.join("candidates.jsonl"));
     let scores = jsonl(&proj.join("scores.jsonl"));
     assert_eq!(scores.len(), candidates.len());

@@ -22,7 +22,6 @@ use crate::core::project::{
     self, files, CandidateRecord, LineError, MarkRecord, PairRecord, Project, RegionRecord,
     ScoreRecord,
 };
-use crate::core::scores::NoDetector;
 
 /// Spatial preference data for grounding MLLMs (SPR, ICCV 2025).
 #[derive(Debug, Parser)]
@@ -503,13 +502,22 @@ fn score(dir: &Path) -> Result<()> {
     let ds = load_dataset(&p)?;
     let regions: Vec<RegionRecord> = read_stage(&p, files::REGIONS)?;
     let candidates: Vec<CandidateRecord> = read_stage(&p, files::CANDIDATES)?;
+    let device = crate::model::default_device();
+    let clip = crate::scoring::load_semantic(&p, &device)?;
+    let scorers = crate::core::scorers::Scorers {
+        semantic: match &clip {
+            Some(c) => c,
+            None => &crate::core::scorers::NoSemantic,
+        },
+        detector: &crate::core::scorers::NoDetector,
+    };
     let b = bar(candidates.len() as u64, "score");
     let (scores, issues) = pipeline::score_candidates(
         &ds,
         &regions,
         &candidates,
         &p.config.scoring,
-        &NoDetector,
+        scorers,
         &|n| b.inc(n),
     );
     b.finish_and_clear();
@@ -524,10 +532,18 @@ fn score(dir: &Path) -> Result<()> {
         issues_in_text,
         out.display()
     );
-    println!(
-        "note: semantic score missing: this build has no CLIP scorer yet, so `semantic` is null \
-         and composites use the localization score alone"
-    );
+    match &clip {
+        Some(c) => println!(
+            "semantic: CLIP {} ({} scored)",
+            c.model_name(),
+            scores.iter().filter(|s| s.semantic.is_some()).count()
+        ),
+        None => println!(
+            "note: semantic score not computed: [scoring] semantic_model is not set in spr.toml, \
+             so `semantic` is null and composites use the localization score alone"
+        ),
+    }
+    println!("note: detector not run: no open-vocabulary detector is built yet; localization uses the written boxes");
     Ok(())
 }
 
@@ -575,7 +591,7 @@ fn pairs(dir: &Path, lambda: Option<f32>) -> Result<()> {
     );
     if stats.semantic_missing > 0 {
         println!(
-            "note: {} pair(s) ranked by localization alone: semantic score missing (no CLIP scorer yet)",
+            "note: {} pair(s) ranked by localization alone: semantic score missing (set [scoring] semantic_model in spr.toml and rerun `spr score`)",
             stats.semantic_missing
         );
     }

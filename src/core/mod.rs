@@ -14,6 +14,7 @@ pub mod rec;
 pub mod regions;
 pub mod rng;
 pub mod runs;
+pub mod scorers;
 pub mod scores;
 pub mod segment;
 pub mod workspace;

@@ -22,7 +22,8 @@ use crate::core::project::{
     ScoringConfig, FORMAT_VERSION,
 };
 use crate::core::regions::{sample_regions, RegionConfig, RegionQuery};
-use crate::core::scores::{self, Components, Detector};
+use crate::core::scorers::Scorers;
+use crate::core::scores::{self, Components};
 
 /// A record a stage skipped, and why.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
@@ -179,62 +180,141 @@ pub fn region_gt(
         .collect()
 }
 
-/// Localization score components for every candidate whose query is known.
-/// The semantic component stays `None`: no semantic scorer exists yet.
+/// Score components of every candidate whose query is known, in candidate
+/// order: the localization score (written boxes plus, with a detector, the
+/// detector's boxes for the description's phrases) and, with a semantic
+/// scorer, the semantic score. The scorers see one region at a time with
+/// all of its candidates, so each region's images are encoded once. A
+/// region the scorers cannot handle (its image is missing, …) has its
+/// candidates skipped with the reason; the others are scored.
 pub fn score_candidates(
     ds: &Dataset,
     regions: &[RegionRecord],
     candidates: &[CandidateRecord],
     scoring: &ScoringConfig,
-    detector: &dyn Detector,
+    scorers: Scorers,
     progress: &(dyn Fn(u64) + Sync),
 ) -> (Vec<ScoreRecord>, Vec<StageIssue>) {
     let ids = object_ids(ds);
     let by_id: HashMap<&str, &RegionRecord> = regions.iter().map(|r| (r.id.as_str(), r)).collect();
-    let mut gts: HashMap<&str, Result<Vec<Bbox>, StageIssue>> = HashMap::new();
-    let mut out = Vec::with_capacity(candidates.len());
-    let mut issues = Vec::new();
-    for c in candidates {
-        progress(1);
-        let Some(region) = by_id.get(c.query_id.as_str()) else {
-            issues.push(issue(
-                format!("candidate {}", c.id),
-                format!("query {} is not in regions.jsonl", c.query_id),
+    // Candidates grouped by query, in order of first appearance.
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    let mut group_of: HashMap<&str, usize> = HashMap::new();
+    for (i, c) in candidates.iter().enumerate() {
+        let g = *group_of.entry(c.query_id.as_str()).or_insert_with(|| {
+            groups.push((c.query_id.as_str(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push(i);
+    }
+    let mut out: Vec<Option<ScoreRecord>> = vec![None; candidates.len()];
+    let mut issues: Vec<(usize, StageIssue)> = Vec::new();
+    let skip_all = |issues: &mut Vec<(usize, StageIssue)>, idxs: &[usize], why: &str| {
+        for &i in idxs {
+            issues.push((
+                i,
+                issue(format!("candidate {}", candidates[i].id), why.to_string()),
             ));
+        }
+    };
+    for (query, idxs) in &groups {
+        progress(idxs.len() as u64);
+        let Some(region) = by_id.get(query) else {
+            skip_all(
+                &mut issues,
+                idxs,
+                &format!("query {query} is not in regions.jsonl"),
+            );
             continue;
         };
-        let gt = gts
-            .entry(region.id.as_str())
-            .or_insert_with(|| region_gt(region, ds, &ids));
-        let gt = match gt {
+        let gt = match region_gt(region, ds, &ids) {
             Ok(gt) => gt,
             Err(e) => {
-                issues.push(issue(format!("candidate {}", c.id), e.to_string()));
+                skip_all(&mut issues, idxs, &e.to_string());
                 continue;
             }
         };
-        let parsed = parse_candidate(c, region);
-        let objects = parsed.text.objects();
-        let phrases: Vec<&str> = objects.iter().map(|(p, _)| *p).collect();
-        let mut preds = parsed.text.boxes();
-        preds.extend(detector.detect(&region.file_name, region.crop, &phrases));
-        let loc = scores::localization_score(gt, &preds, scoring.localization, scoring.match_iou);
-        out.push(ScoreRecord {
-            v: FORMAT_VERSION,
-            candidate_id: c.id.clone(),
-            query_id: c.query_id.clone(),
-            semantic: None,
-            semantic_model: None,
-            localization: loc.score,
-            localization_variant: scoring.localization,
-            detector: detector.name().to_string(),
-            boxes: preds,
-            matches: loc.matches,
-            unmatched_preds: loc.unmatched_preds,
-            parse_issues: parsed.issues,
-        });
+        let parsed: Vec<Parsed> = idxs
+            .iter()
+            .map(|&i| parse_candidate(&candidates[i], region))
+            .collect();
+        let semantic = match scorers.semantic.name() {
+            None => None,
+            Some(_) => {
+                let texts: Vec<String> = parsed.iter().map(|p| p.text.plain()).collect();
+                match scorers.semantic.score_region(region, &texts) {
+                    Ok(parts) => Some(parts),
+                    Err(e) => {
+                        skip_all(&mut issues, idxs, &format!("semantic score: {e}"));
+                        continue;
+                    }
+                }
+            }
+        };
+        let phrases: Vec<Vec<String>> = parsed
+            .iter()
+            .map(|p| {
+                p.text
+                    .objects()
+                    .iter()
+                    .map(|(ph, _)| ph.to_string())
+                    .collect()
+            })
+            .collect();
+        let detector = scorers.detector.name();
+        let detections = match detector {
+            None => vec![Vec::new(); idxs.len()],
+            Some(_) => match scorers.detector.detect_region(region, &phrases) {
+                Ok(d) => d,
+                Err(e) => {
+                    skip_all(&mut issues, idxs, &format!("detector: {e}"));
+                    continue;
+                }
+            },
+        };
+        for (k, &i) in idxs.iter().enumerate() {
+            let c = &candidates[i];
+            let p = &parsed[k];
+            let mut notes = Vec::new();
+            if detector.is_some() && phrases[k].is_empty() {
+                notes.push("detector skipped: the description names no phrase".to_string());
+            }
+            let found = detections.get(k).cloned().unwrap_or_default();
+            let boxes = p.text.boxes();
+            let mut preds = boxes.clone();
+            preds.extend(found.iter().map(|d| d.bbox));
+            let loc =
+                scores::localization_score(&gt, &preds, scoring.localization, scoring.match_iou);
+            let parts = semantic.as_ref().and_then(|s| s.get(k).copied());
+            if let Some(n) = parts.map(|p| p.chunks).filter(|&n| n > 1) {
+                notes.push(format!(
+                    "text longer than the text tower's context: embedded in {n} pieces, averaged"
+                ));
+            }
+            out[i] = Some(ScoreRecord {
+                v: FORMAT_VERSION,
+                candidate_id: c.id.clone(),
+                query_id: c.query_id.clone(),
+                semantic: parts.map(|p| p.score()),
+                semantic_parts: parts,
+                semantic_model: parts.and(scorers.semantic.name().map(str::to_string)),
+                localization: loc.score,
+                localization_variant: scoring.localization,
+                detector: detector.clone().unwrap_or_else(|| "none".into()),
+                boxes,
+                detections: found,
+                matches: loc.matches,
+                unmatched_preds: loc.unmatched_preds,
+                parse_issues: p.issues.clone(),
+                notes,
+            });
+        }
     }
-    (out, issues)
+    issues.sort_by_key(|(i, _)| *i);
+    (
+        out.into_iter().flatten().collect(),
+        issues.into_iter().map(|(_, e)| e).collect(),
+    )
 }
 
 /// Counts from [`build_pairs`].

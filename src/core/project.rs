@@ -149,6 +149,11 @@ pub struct ScoringConfig {
     /// IoU at which a box matches (SPR: 0.5).
     #[serde(serialize_with = "short_f32")]
     pub match_iou: f32,
+    /// CLIP model of the semantic score: a folder (relative to the project
+    /// or absolute) or a hub id (`openai/clip-vit-large-patch14-336`);
+    /// unset: no semantic score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub semantic_model: Option<String>,
 }
 
 impl Default for ScoringConfig {
@@ -157,6 +162,7 @@ impl Default for ScoringConfig {
             lambda: DEFAULT_LAMBDA,
             localization: LocVariant::Recall,
             match_iou: MATCH_IOU,
+            semantic_model: None,
         }
     }
 }
@@ -320,8 +326,12 @@ pub struct ScoreRecord {
     pub candidate_id: String,
     /// Its query.
     pub query_id: String,
-    /// CLIP semantic score; `null` until a semantic scorer has run.
+    /// CLIP semantic score `½·(crop + local)`; `null` until a semantic
+    /// scorer has run.
     pub semantic: Option<f32>,
+    /// Its two parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic_parts: Option<crate::core::scorers::SemanticParts>,
     /// The semantic scorer, when one ran.
     #[serde(default)]
     pub semantic_model: Option<String>,
@@ -329,16 +339,25 @@ pub struct ScoreRecord {
     pub localization: f32,
     /// Formula used for it.
     pub localization_variant: LocVariant,
-    /// Detector that added boxes (`"none"` for written boxes only).
+    /// Detector that added boxes, with its threshold (`"none"` for written
+    /// boxes only).
     pub detector: String,
     /// The boxes the description gives, image pixels, in text order.
     pub boxes: Vec<Bbox>,
-    /// Matches: `gt` indexes the region's `objects`, `pred` indexes `boxes`.
+    /// The detector's boxes for the description's phrases, image pixels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detections: Vec<crate::core::scorers::Detection>,
+    /// Matches: `gt` indexes the region's `objects`, `pred` indexes the
+    /// predictions `boxes` followed by `detections`.
     pub matches: Vec<Match>,
-    /// Indices of boxes matching no region object.
+    /// Indices (into `boxes` then `detections`) of predictions matching no
+    /// region object.
     pub unmatched_preds: Vec<usize>,
     /// Problems met while parsing the text.
     pub parse_issues: Vec<TextIssue>,
+    /// What the scorers did not do for this candidate, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl ScoreRecord {

@@ -126,30 +126,6 @@ pub fn composite(lambda: f32, semantic: Option<f32>, localization: f32) -> f32 {
     }
 }
 
-/// An open-vocabulary detector plugged into the localization score: boxes
-/// (image pixels) for the phrases a description mentions, searched inside
-/// `crop`. SPR used GroundingDINO; until a detector model exists the
-/// pipeline uses [`NoDetector`], and the score uses the written boxes only.
-pub trait Detector {
-    /// Boxes found for `phrases` inside `crop` of `image`.
-    fn detect(&self, image: &str, crop: Bbox, phrases: &[&str]) -> Vec<Bbox>;
-    /// A name recorded with the scores.
-    fn name(&self) -> &str;
-}
-
-/// The empty detector: contributes no boxes.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoDetector;
-
-impl Detector for NoDetector {
-    fn detect(&self, _image: &str, _crop: Bbox, _phrases: &[&str]) -> Vec<Bbox> {
-        Vec::new()
-    }
-    fn name(&self) -> &str {
-        "none"
-    }
-}
-
 /// SPR's refinement of the chosen description (image coordinates).
 ///
 /// The paper's rule is "every box that matches an annotation (IoU > 0.5) is

@@ -18,7 +18,7 @@ use crate::core::project::{
     RegionRecord, ScoreRecord, Versioned, FORMAT_VERSION,
 };
 use crate::core::regions::{sample_regions, RegionConfig};
-use crate::core::scores::{self, Components, LocScore, NoDetector};
+use crate::core::scores::{self, Components, LocScore};
 
 /// `text` (image pixels) rendered in the syntax and frame of candidate `c`.
 fn render_in_frame(
@@ -549,7 +549,7 @@ impl Workspace {
             std::slice::from_ref(region),
             std::slice::from_ref(c),
             &self.project.config.scoring,
-            &NoDetector,
+            crate::core::scorers::Scorers::none(),
             &|_| {},
         );
         match scored.into_iter().next() {

@@ -42,7 +42,6 @@ use crate::core::project::{
 };
 use crate::core::regions::RegionConfig;
 use crate::core::rng::SplitMix64;
-use crate::core::scores::NoDetector;
 
 /// Settings of the generator.
 #[derive(Clone, Debug)]
@@ -536,7 +535,7 @@ pub fn generate(out: &Path, cfg: &DemoConfig) -> anyhow::Result<DemoSummary> {
         &regions,
         &candidates,
         &project.config.scoring,
-        &NoDetector,
+        crate::core::scorers::Scorers::none(),
         &|_| {},
     );
     anyhow::ensure!(issues.is_empty(), "demo scoring issue: {}", issues[0]);

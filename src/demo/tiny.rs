@@ -34,7 +34,6 @@ use crate::core::pipeline::{self, trl_assistant_turn, trl_user_turn, TrlSftRecor
 use crate::core::project::{
     self, files, CandidateRecord, ExportConfig, Frame, Project, RegionRecord, FORMAT_VERSION,
 };
-use crate::core::scores::NoDetector;
 use crate::model::generation::GenerationConfig;
 use crate::model::llava::{random_weights, save_model};
 use crate::model::tokenizer::{train_small_tokenizer, IMAGE_TOKEN};
@@ -446,7 +445,7 @@ pub fn evaluate(
         &regions,
         &candidates,
         &project.config.scoring,
-        &NoDetector,
+        crate::core::scorers::Scorers::none(),
         &|_| {},
     );
     let loc: HashMap<&str, f32> = scores

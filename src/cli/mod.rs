@@ -163,6 +163,44 @@ pub enum TinyCommand {
         #[arg(long)]
         model: PathBuf,
     },
+    /// Train the tiny CLIP of the semantic score from scratch on synthetic
+    /// scenes and measure it on held-out ones → DIR/model.
+    Clip {
+        /// Output folder (the model goes to DIR/model).
+        #[arg(long)]
+        out: PathBuf,
+        /// Training scenes.
+        #[arg(long, default_value_t = 160)]
+        scenes: usize,
+        /// Seed of the training scenes (the demo's is 2025).
+        #[arg(long, default_value_t = 11)]
+        seed: u64,
+        /// Optimizer steps.
+        #[arg(long, default_value_t = 600)]
+        steps: u64,
+        /// Pairs per step.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Peak learning rate.
+        #[arg(long, default_value_t = 5e-4)]
+        lr: f64,
+        /// Held-out scenes for the report.
+        #[arg(long, default_value_t = 30)]
+        eval_scenes: usize,
+    },
+    /// Measure a CLIP folder on held-out synthetic scenes: text→region
+    /// retrieval top-1 and own text vs a one-word change.
+    ClipEval {
+        /// The CLIP model folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Held-out scenes.
+        #[arg(long, default_value_t = 30)]
+        scenes: usize,
+        /// Their seed.
+        #[arg(long, default_value_t = 13)]
+        seed: u64,
+    },
     /// Describe a project's regions with a model; print the parse rate and
     /// SPR's localization score.
     Eval {
@@ -647,6 +685,13 @@ fn show(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+fn print_clip_eval(r: &crate::demo::tiny_clip::ClipEvalReport) {
+    println!(
+        "held-out: {} regions; text→region top-1 {:.3} (crops), {:.3} (local attention on the whole scene); own text beats a one-word change {:.3}",
+        r.regions, r.retrieval_top1_crop, r.retrieval_top1_local, r.own_text_over_one_word_change
+    );
+}
+
 /// `spr tiny ...`.
 fn tiny(cmd: TinyCommand) -> Result<()> {
     use crate::demo::tiny;
@@ -667,6 +712,61 @@ fn tiny(cmd: TinyCommand) -> Result<()> {
                 n as f64 / 1e6,
                 out.display()
             );
+        }
+        TinyCommand::Clip {
+            out,
+            scenes,
+            seed,
+            steps,
+            batch,
+            lr,
+            eval_scenes,
+        } => {
+            use crate::demo::tiny_clip;
+            let mut opts = tiny_clip::TinyClipOptions {
+                scenes,
+                seed,
+                eval_scenes,
+                ..Default::default()
+            };
+            opts.train.steps = steps;
+            opts.train.batch = batch;
+            opts.train.lr = lr;
+            opts.train.warmup = opts.train.warmup.min(steps / 4);
+            let pb = bar(steps, "clip");
+            let started = std::time::Instant::now();
+            let r = tiny_clip::make_tiny_clip(&out, &opts, |s| {
+                pb.set_position(s.step);
+                pb.set_message(format!("loss {:.3} acc {:.2}", s.loss, s.accuracy));
+            })?;
+            pb.finish_and_clear();
+            let last = r.steps.len().saturating_sub(20);
+            let mean = |f: fn(&crate::train::contrastive::ContrastiveStep) -> f64| {
+                let tail = &r.steps[last..];
+                tail.iter().map(f).sum::<f64>() / tail.len().max(1) as f64
+            };
+            println!(
+                "tiny clip: {:.2}M parameters, {} pairs, {} steps in {:.0} s; loss {:.3} → {:.3} (mean of the last 20), batch accuracy {:.2}",
+                r.params as f64 / 1e6,
+                r.pairs,
+                r.steps.len(),
+                started.elapsed().as_secs_f64(),
+                r.steps.first().map_or(f64::NAN, |s| s.loss),
+                mean(|s| s.loss),
+                mean(|s| s.accuracy)
+            );
+            print_clip_eval(&r.eval);
+            println!("→ {}", out.join("model").display());
+        }
+        TinyCommand::ClipEval {
+            model,
+            scenes,
+            seed,
+        } => {
+            let work = std::env::temp_dir().join(format!("spr-clip-eval-{}", std::process::id()));
+            let r = crate::demo::tiny_clip::evaluate_tiny_clip(&model, &work, scenes, seed);
+            let _ = std::fs::remove_dir_all(&work);
+            print_clip_eval(&r?);
         }
         TinyCommand::HfFiles { model } => {
             tiny::write_transformers_files(&model)?;

@@ -13,7 +13,7 @@
 //! | `precise`  | every region object, exact boxes                         |
 //! | `jittered` | every region object, boxes off by 3–8 px                 |
 //! | `partial`  | half of the objects, exact boxes                         |
-//! | `wrong`    | right phrases, boxes of other objects (outside the region first) |
+//! | `wrong`    | objects that are not there (each phrase's colour changed), boxes of other objects (outside the region first) |
 //! | `invented` | half of the objects plus objects that are not there      |
 //! | `vague`    | a description with no boxes at all                       |
 //!
@@ -25,6 +25,7 @@
 
 pub mod rec;
 pub mod tiny;
+pub mod tiny_clip;
 
 use std::path::{Path, PathBuf};
 
@@ -56,6 +57,21 @@ pub struct DemoConfig {
     pub seed: u64,
     /// Scenes of the REC evaluation set (`rec/`, its own seed; 0: none).
     pub rec_scenes: usize,
+    /// A CLIP model folder copied into the project (`models/clip`) and
+    /// named by its `[scoring] semantic_model`, so the demo's scores carry
+    /// the semantic component (none: they do not).
+    pub clip: Option<PathBuf>,
+}
+
+/// Where the demo project keeps its tiny CLIP.
+pub const DEMO_CLIP: &str = "models/clip";
+
+/// The committed tiny CLIP (`assets/demo/models/clip`), when present.
+pub fn bundled_clip() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets/demo")
+        .join(DEMO_CLIP);
+    p.join("config.json").is_file().then_some(p)
 }
 
 impl Default for DemoConfig {
@@ -66,6 +82,7 @@ impl Default for DemoConfig {
             height: 288,
             seed: 2025,
             rec_scenes: 20,
+            clip: bundled_clip(),
         }
     }
 }
@@ -294,6 +311,18 @@ pub const KINDS: [&str; 6] = [
     "precise", "jittered", "partial", "wrong", "invented", "vague",
 ];
 
+/// `"a red circle"` → `"a green circle"`: the next colour of [`COLOURS`].
+fn other_colour(phrase: &str) -> String {
+    for (k, (c, _)) in COLOURS.iter().enumerate() {
+        let word = format!(" {c} ");
+        if phrase.contains(&word) {
+            let next = COLOURS[(k + 1) % COLOURS.len()].0;
+            return phrase.replacen(&word, &format!(" {next} "), 1);
+        }
+    }
+    phrase.to_string()
+}
+
 fn candidates_for(
     region: &RegionRecord,
     ds: &Dataset,
@@ -330,9 +359,9 @@ fn candidates_for(
         .collect();
     texts.push(("jittered", sentence(&jittered)));
     texts.push(("partial", sentence(half)));
-    // Each phrase gets the box of another object: the nearest object of the
-    // image outside the region, while there are any, else the next region
-    // object's box.
+    // Objects that are not there: each phrase's colour changed, with the box
+    // of another object (the nearest object of the image outside the
+    // region, while there are any, else the next region object's box).
     let image = ds.image_index(region.image_id).unwrap_or(0);
     let mut outside: Vec<Bbox> = ds
         .objects_of(image)
@@ -349,7 +378,7 @@ fn candidates_for(
                 .get(i)
                 .copied()
                 .unwrap_or(exact[(i + 1) % exact.len()].1);
-            (p.clone(), b, *w)
+            (other_colour(p), b, *w)
         })
         .collect();
     texts.push(("wrong", sentence(&wrong)));
@@ -430,10 +459,42 @@ Everything in this folder is **synthetic**, made by `spr demo --out DIR`
 (deterministic; seed in `spr.toml`'s description). The images are generated
 scenes of coloured shapes, the annotations are exact by construction, and the
 candidate descriptions are templated by the generator (their `source` field
-says `synthetic-demo:<kind>`), not written by any model. Scores hold the
-localization component only: no semantic (CLIP) scorer has run, so
-`semantic` is `null`.
+says `synthetic-demo:<kind>`), not written by any model. `rec/` is a small
+REC evaluation set (MDETR layout) on scenes of their own seed.
 ";
+
+/// The README's paragraph on the scores.
+fn readme_scores(clip: bool) -> &'static str {
+    if clip {
+        "\nThe semantic scores come from the tiny CLIP in `models/clip`, trained by\n\
+         `spr tiny clip` on synthetic scenes of another seed: they show the mechanism,\n\
+         not what OpenAI's CLIP would say.\n"
+    } else {
+        "\nScores hold the localization component only: no semantic (CLIP) scorer has\n\
+         run, so `semantic` is `null`.\n"
+    }
+}
+
+/// Copies a model folder's files (not into itself).
+fn copy_model(src: &Path, dest: &Path) -> anyhow::Result<()> {
+    let same = match (src.canonicalize(), dest.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            let to = dest.join(entry.file_name());
+            let bytes = std::fs::read(entry.path())?;
+            project::write_atomic(&to, &bytes)?;
+        }
+    }
+    Ok(())
+}
 
 /// Generate the demo project into `out` (created if needed; existing stage
 /// files are overwritten).
@@ -487,7 +548,8 @@ pub fn generate(out: &Path, cfg: &DemoConfig) -> anyhow::Result<DemoSummary> {
     }
     let json = serde_json::to_vec_pretty(&coco)?;
     project::write_atomic(&out.join("annotations.json"), &json)?;
-    project::write_atomic(&out.join("README.md"), README.as_bytes())?;
+    let readme = format!("{README}{}", readme_scores(cfg.clip.is_some()));
+    project::write_atomic(&out.join("README.md"), readme.as_bytes())?;
 
     let config = ProjectConfig {
         format_version: FORMAT_VERSION,
@@ -511,10 +573,16 @@ pub fn generate(out: &Path, cfg: &DemoConfig) -> anyhow::Result<DemoSummary> {
         model: ModelConfig {
             format: BoxFormat::Ferret,
         },
-        scoring: ScoringConfig::default(),
+        scoring: ScoringConfig {
+            semantic_model: cfg.clip.as_ref().map(|_| DEMO_CLIP.to_string()),
+            ..ScoringConfig::default()
+        },
         export: ExportConfig::default(),
         generate: Default::default(),
     };
+    if let Some(src) = &cfg.clip {
+        copy_model(src, &out.join(DEMO_CLIP))?;
+    }
     let project = Project::create(out, config)?;
     let ds = project.load_dataset()?;
     anyhow::ensure!(
@@ -530,12 +598,20 @@ pub fn generate(out: &Path, cfg: &DemoConfig) -> anyhow::Result<DemoSummary> {
         .iter()
         .flat_map(|r| candidates_for(r, &ds, &ids, &mut rng))
         .collect();
+    let clip = crate::scoring::load_semantic(&project, &candle_core::Device::Cpu)?;
+    let scorers = crate::core::scorers::Scorers {
+        semantic: match &clip {
+            Some(c) => c,
+            None => &crate::core::scorers::NoSemantic,
+        },
+        detector: &crate::core::scorers::NoDetector,
+    };
     let (scores, issues) = pipeline::score_candidates(
         &ds,
         &regions,
         &candidates,
         &project.config.scoring,
-        crate::core::scorers::Scorers::none(),
+        scorers,
         &|_| {},
     );
     anyhow::ensure!(issues.is_empty(), "demo scoring issue: {}", issues[0]);

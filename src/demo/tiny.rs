@@ -112,7 +112,9 @@ pub mod sft_files {
 }
 
 /// Every record of a JSONL stage file; the first bad line is an error.
-fn read_all<T: serde::de::DeserializeOwned + project::Versioned>(path: &Path) -> Result<Vec<T>> {
+pub(crate) fn read_all<T: serde::de::DeserializeOwned + project::Versioned>(
+    path: &Path,
+) -> Result<Vec<T>> {
     let (records, errors) = project::read_jsonl(path)?;
     if let Some(e) = errors.first() {
         anyhow::bail!("{e}");
@@ -132,6 +134,7 @@ pub fn write_sft_data(out: &Path, cfg: &SftDataConfig) -> Result<SftDataSummary>
         images: cfg.scenes,
         seed: cfg.seed,
         rec_scenes: 0,
+        clip: None,
         ..Default::default()
     };
     super::generate(&scenes, &demo).context("drawing the scenes")?;

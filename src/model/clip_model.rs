@@ -296,3 +296,74 @@ pub fn read_config(path: &Path) -> Result<ClipConfig> {
     })?;
     Ok(cfg)
 }
+
+/// Freshly initialised `CLIPModel` weights under the hub's names, drawn
+/// from `seed`: normals (σ 0.02; class embedding σ 1/√hidden) for
+/// projections and embeddings, LayerNorm weights 1, biases 0, and
+/// `logit_scale` = `logit_scale_init_value` (ln 1/0.07), as transformers
+/// initialises CLIP. For the tiny CLIP trained by `spr tiny clip`.
+pub fn random_weights(
+    cfg: &ClipConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    use super::init::{recorded_shapes, standard_normal};
+    let shapes = recorded_shapes(device, |vb| ClipModel::new(vb, cfg).map(|_| ()))?;
+    let mut rng = crate::core::rng::SplitMix64::new(seed);
+    let mut out = std::collections::HashMap::new();
+    for (name, shape) in shapes {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = if name == "logit_scale" {
+            vec![cfg.logit_scale_init_value as f32]
+        } else if name.ends_with(".bias") {
+            vec![0.0; n]
+        } else if name.contains("norm") || name.contains("layrnorm") {
+            vec![1.0; n]
+        } else {
+            let std = if name.ends_with("class_embedding") {
+                (cfg.vision_config.hidden_size as f32).powf(-0.5)
+            } else {
+                0.02
+            };
+            (0..n).map(|_| std * standard_normal(&mut rng)).collect()
+        };
+        out.insert(name, Tensor::from_vec(data, shape, device)?);
+    }
+    Ok(out)
+}
+
+/// Writes a `CLIPModel` folder transformers and [`ClipModel::load`] read:
+/// `config.json` (with the `model_type`s transformers needs) and
+/// `model.safetensors`.
+pub fn save_model(
+    dir: &Path,
+    cfg: &ClipConfig,
+    weights: &std::collections::HashMap<String, Tensor>,
+) -> Result<()> {
+    let path = dir.join("config.json");
+    let json_err = |source| ModelError::Json {
+        path: path.clone(),
+        source,
+    };
+    let mut json = serde_json::to_value(cfg).map_err(json_err)?;
+    if let Some(obj) = json.as_object_mut() {
+        obj.insert("model_type".into(), "clip".into());
+        obj.insert("architectures".into(), serde_json::json!(["CLIPModel"]));
+        for (key, kind) in [
+            ("text_config", "clip_text_model"),
+            ("vision_config", "clip_vision_model"),
+        ] {
+            if let Some(c) = obj.get_mut(key).and_then(|v| v.as_object_mut()) {
+                c.insert("model_type".into(), kind.into());
+            }
+        }
+    }
+    let text = serde_json::to_string_pretty(&json).map_err(json_err)?;
+    crate::core::atomic::write_atomic(&path, (text + "\n").as_bytes()).map_err(|source| {
+        ModelError::Io {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    super::lora::save_safetensors(weights, &dir.join(super::hub::WEIGHTS_FILE))
+}

@@ -25,16 +25,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Shape, Tensor, Var};
-use candle_nn::var_builder::SimpleBackend;
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 
 use super::clip::{cat_features, ClipVisionTower, Projector};
 use super::config::{FeatureSelect, LlavaConfig};
 use super::generation::{self, Generated, GenerationConfig, Quiet};
 use super::hub::{resolve_model, weight_files, HubOptions, OPTIONAL_FILES, TOKENIZER_FILE};
+use super::init::{recorded_shapes, standard_normal};
 use super::llama::{KvCache, Llama};
 use super::lora::{
     read_adapter, write_adapter, AdapterConfigFile, LoraAdapter, LoraConfig, PeftLayout,
@@ -588,36 +587,6 @@ impl Llava {
     }
 }
 
-/// Tensor names and shapes, in request order.
-type SeenShapes = Arc<Mutex<Vec<(String, Vec<usize>)>>>;
-
-/// Records the names and shapes a model asks for, answering with zeros.
-struct ShapeRecorder(SeenShapes);
-
-impl SimpleBackend for ShapeRecorder {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        if let Ok(mut seen) = self.0.lock() {
-            seen.push((name.to_string(), s.dims().to_vec()));
-        }
-        Tensor::zeros(s, dtype, dev)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("{name}: the shape recorder needs a shape")
-    }
-
-    fn contains_tensor(&self, _: &str) -> bool {
-        false
-    }
-}
-
 /// Freshly initialised weights for `cfg` under llava-hf's tensor names, as
 /// transformers initialises them (`initializer_range` 0.02 normals for
 /// linears and embeddings, LayerNorm/RMSNorm weights 1, biases 0), drawn
@@ -629,17 +598,7 @@ pub fn random_weights(
     seed: u64,
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
-    let seen: SeenShapes = Arc::new(Mutex::new(Vec::new()));
-    let vb = VarBuilder::from_backend(
-        Box::new(ShapeRecorder(seen.clone())),
-        DType::F32,
-        device.clone(),
-    );
-    Llava::new_full(vb, cfg)?;
-    let shapes = seen
-        .lock()
-        .map_err(|_| ModelError::Input("shape recorder poisoned".into()))?
-        .clone();
+    let shapes = recorded_shapes(device, |vb| Llava::new_full(vb, cfg).map(|_| ()))?;
     let mut rng = SplitMix64::new(seed);
     let mut out = HashMap::new();
     for (name, shape) in shapes {
@@ -660,13 +619,6 @@ pub fn random_weights(
         out.insert(name, Tensor::from_vec(data, shape, device)?);
     }
     Ok(out)
-}
-
-/// A standard normal draw (Box–Muller).
-fn standard_normal(rng: &mut SplitMix64) -> f32 {
-    let u1 = (rng.next_f32() as f64).max(1e-12);
-    let u2 = rng.next_f32() as f64;
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
 /// Writes a model folder transformers and [`Llava::load`] read:

@@ -37,6 +37,7 @@ pub mod clip_model;
 pub mod config;
 pub mod generation;
 pub mod hub;
+pub mod init;
 pub mod llama;
 pub mod llava;
 pub mod lora;

@@ -3,6 +3,7 @@
 //! - [`objectives`]: DPO (sigmoid), IPO, hinge, robust DPO, SFT and fDPO as
 //!   pure functions of summed log-probs, with TRL's metric names, plus the
 //!   helpers that turn logits into per-sequence / per-segment log-probs.
+//! - [`contrastive`]: CLIP-style contrastive training (the tiny CLIP).
 //! - [`data`]: preference pairs from TRL or project JSONL, tokenised,
 //!   batched (chosen rows then rejected rows) in a resumable order.
 //! - [`schedule`]: warmup + cosine learning rate and gradient clipping.
@@ -10,6 +11,7 @@
 //! - [`trainer`]: the loop, run folders, checkpoints and exact resume.
 //! - [`tune_allocator`]: malloc settings for a training process.
 
+pub mod contrastive;
 pub mod data;
 pub mod objectives;
 pub mod schedule;

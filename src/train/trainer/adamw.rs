@@ -18,7 +18,7 @@ use crate::model::lora::save_safetensors;
 
 /// AdamW with `torch.optim.AdamW`'s update over a list of vars, whose
 /// moments can be saved and restored.
-pub(super) struct AdamW {
+pub(crate) struct AdamW {
     vars: Vec<(String, Var)>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
@@ -31,6 +31,23 @@ pub(super) struct AdamW {
 
 impl AdamW {
     pub(super) fn new(vars: Vec<(String, Var)>, cfg: &TrainConfig) -> Result<Self> {
+        Self::with_settings(
+            vars,
+            cfg.adam_beta1,
+            cfg.adam_beta2,
+            cfg.adam_eps,
+            cfg.weight_decay,
+        )
+    }
+
+    /// AdamW over `vars` with explicit β₁, β₂, ε and weight decay.
+    pub(crate) fn with_settings(
+        vars: Vec<(String, Var)>,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    ) -> Result<Self> {
         let mut m = Vec::with_capacity(vars.len());
         for (_, var) in &vars {
             m.push(var.as_tensor().zeros_like()?.to_dtype(DType::F32)?);
@@ -40,20 +57,20 @@ impl AdamW {
             m,
             vars,
             t: 0,
-            beta1: cfg.adam_beta1,
-            beta2: cfg.adam_beta2,
-            eps: cfg.adam_eps,
-            weight_decay: cfg.weight_decay,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
         })
     }
 
-    pub(super) fn var_list(&self) -> Vec<Var> {
+    pub(crate) fn var_list(&self) -> Vec<Var> {
         self.vars.iter().map(|(_, v)| v.clone()).collect()
     }
 
     /// One update: `p ← p·(1 − lr·wd)`, moments, `p ← p − lr/bc₁ · m /
     /// (√v / √bc₂ + ε)`. Vars without a gradient are left alone.
-    pub(super) fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    pub(crate) fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.t += 1;
         let t = self.t as i32;
         let bc1 = 1.0 - self.beta1.powi(t);

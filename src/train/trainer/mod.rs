@@ -27,7 +27,7 @@
 //! accepted. Nothing in the loop draws random numbers besides the data
 //! order (no dropout), so the [`DataOrder`] is the whole RNG state.
 
-mod adamw;
+pub(crate) mod adamw;
 mod checkpoint;
 mod logps;
 

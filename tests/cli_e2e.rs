@@ -54,14 +54,18 @@ fn pipeline_on_the_demo_project() {
         assert_eq!(r["v"], 1);
     }
 
-    // score: one record per candidate, semantic plainly missing.
+    // score: one record per candidate, with the demo's tiny CLIP.
     let out = ok(&["score", "--project", p]);
-    assert!(out.contains("semantic score not computed"), "{out}");
+    assert!(
+        out.contains("semantic: CLIP models/clip (456 scored)"),
+        "{out}"
+    );
     let candidates = jsonl(&proj.join("candidates.jsonl"));
     let scores = jsonl(&proj.join("scores.jsonl"));
     assert_eq!(scores.len(), candidates.len());
     for s in &scores {
-        assert!(s["semantic"].is_null());
+        let sem = s["semantic"].as_f64().unwrap();
+        assert!((-1.0..=1.0).contains(&sem));
         let loc = s["localization"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&loc));
     }
@@ -84,18 +88,19 @@ fn pipeline_on_the_demo_project() {
         assert_eq!(by_id(&vague_id)["localization"].as_f64().unwrap(), 0.0);
     }
 
-    // pairs: chosen beats rejected; refinement never lowers the score.
+    // pairs: chosen beats rejected at λ; refinement never lowers the score.
     let out = ok(&["pairs", "--project", p]);
-    assert!(out.contains("ranked by localization alone"), "{out}");
+    assert!(!out.contains("ranked by localization alone"), "{out}");
     let pairs = jsonl(&proj.join("pairs.jsonl"));
     assert_eq!(pairs.len(), regions.len());
+    let composite = |c: &Value| {
+        0.8 * c["semantic"].as_f64().unwrap() + 0.2 * c["localization"].as_f64().unwrap()
+    };
     for pr in &pairs {
+        assert!(composite(&pr["chosen_scores"]) > composite(&pr["rejected_scores"]));
         let c = pr["chosen_scores"]["localization"].as_f64().unwrap();
-        let r = pr["rejected_scores"]["localization"].as_f64().unwrap();
-        assert!(c > r);
         assert!(pr["chosen_refined_localization"].as_f64().unwrap() >= c - 1e-6);
-        assert_eq!(pr["semantic_missing"], true);
-        assert!(pr["rejected_id"].as_str().unwrap().ends_with("-c5") || r == 0.0);
+        assert_eq!(pr["semantic_missing"], false);
     }
 
     // export: TRL layout with the crops written as images.
@@ -129,19 +134,48 @@ fn pipeline_on_the_demo_project() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--lambda 1.5"));
 }
 
+/// Equal JSON, numbers within 1e-4.
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() <= 1e-4
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 #[test]
 fn demo_generator_reproduces_the_committed_demo() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("demo");
     let text = ok(&["demo", "--out", out.to_str().unwrap()]);
     assert!(text.contains("synthetic"), "{text}");
+    // Scores and pairs hold CLIP cosines, which another CPU's SIMD width may
+    // round differently in the last bits: numbers within 1e-4, the rest
+    // exactly.
+    for f in ["scores.jsonl", "pairs.jsonl"] {
+        let (a, b) = (jsonl(&out.join(f)), jsonl(&demo_dir().join(f)));
+        assert_eq!(a.len(), b.len(), "{f}");
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                same_json(x, y),
+                "{f} differs from assets/demo: regenerate it with `spr demo --out assets/demo`\n{x}\n{y}"
+            );
+        }
+    }
     for f in [
         "spr.toml",
         "annotations.json",
         "regions.jsonl",
         "candidates.jsonl",
-        "scores.jsonl",
-        "pairs.jsonl",
         "README.md",
         "rec/finetune_demo_val.json",
     ] {

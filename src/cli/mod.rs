@@ -102,6 +102,10 @@ pub enum Command {
         /// Seed.
         #[arg(long, default_value_t = 2025)]
         seed: u64,
+        /// CLIP model folder copied into the demo (models/clip) for its
+        /// semantic scores (default: the committed tiny CLIP).
+        #[arg(long)]
+        clip: Option<PathBuf>,
     },
     /// Benchmarks that print figures.
     #[command(subcommand)]
@@ -176,13 +180,13 @@ pub enum TinyCommand {
         #[arg(long, default_value_t = 11)]
         seed: u64,
         /// Optimizer steps.
-        #[arg(long, default_value_t = 600)]
+        #[arg(long, default_value_t = 1200)]
         steps: u64,
         /// Pairs per step.
         #[arg(long, default_value_t = 64)]
         batch: usize,
         /// Peak learning rate.
-        #[arg(long, default_value_t = 5e-4)]
+        #[arg(long, default_value_t = 1e-3)]
         lr: f64,
         /// Held-out scenes for the report.
         #[arg(long, default_value_t = 30)]
@@ -332,12 +336,20 @@ pub fn run(cli: Cli) -> Result<()> {
             format,
             out,
         }) => infer::eval_rec(&predictions, format, out.as_deref()),
-        Some(Command::Demo { out, images, seed }) => {
-            let cfg = crate::demo::DemoConfig {
+        Some(Command::Demo {
+            out,
+            images,
+            seed,
+            clip,
+        }) => {
+            let mut cfg = crate::demo::DemoConfig {
                 images,
                 seed,
                 ..Default::default()
             };
+            if clip.is_some() {
+                cfg.clip = clip;
+            }
             let s = crate::demo::generate(&out, &cfg)?;
             println!(
                 "demo: {} synthetic images, {} annotations, {} regions, {} candidates, {} pairs, {} REC expressions → {}",

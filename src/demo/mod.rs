@@ -55,6 +55,8 @@ pub struct DemoConfig {
     pub height: u32,
     /// Seed of everything.
     pub seed: u64,
+    /// Region queries per object-rich image.
+    pub regions_per_image: usize,
     /// Scenes of the REC evaluation set (`rec/`, its own seed; 0: none).
     pub rec_scenes: usize,
     /// A CLIP model folder copied into the project (`models/clip`) and
@@ -81,6 +83,7 @@ impl Default for DemoConfig {
             width: 384,
             height: 288,
             seed: 2025,
+            regions_per_image: 2,
             rec_scenes: 20,
             clip: bundled_clip(),
         }
@@ -567,7 +570,7 @@ pub fn generate(out: &Path, cfg: &DemoConfig) -> anyhow::Result<DemoSummary> {
         },
         regions: RegionConfig {
             seed: cfg.seed,
-            per_image: 2,
+            per_image: cfg.regions_per_image,
             ..Default::default()
         },
         model: ModelConfig {

@@ -5,7 +5,8 @@
 //! `spr tiny clip --out DIR` ([`make_tiny_clip`]):
 //! 1. draws synthetic scenes with the demo generator (a seed of their own,
 //!    not the demo's 2025 nor the tiny LLaVA's 7) and builds image–text
-//!    pairs of three kinds: each SPR region's crop (×1.5, padded to a
+//!    pairs of three kinds: each SPR region's crop (six regions per
+//!    scene; ×1.5, padded to a
 //!    square, as the scorer shows it) with its precise description, boxes
 //!    stripped; each object's close crop with its name ("a red circle");
 //!    each whole scene with its object counts ("a picture of two red
@@ -232,6 +233,7 @@ fn scene_project(dir: &Path, scenes: usize, seed: u64) -> Result<Project> {
         seed,
         rec_scenes: 0,
         clip: None,
+        regions_per_image: 6,
         ..Default::default()
     };
     super::generate(dir, &cfg).context("drawing the scenes")?;
@@ -263,11 +265,11 @@ impl Default for TinyClipOptions {
             eval_scenes: 30,
             eval_seed: 13,
             train: ContrastiveConfig {
-                steps: 600,
+                steps: 1200,
                 batch: 64,
-                lr: 5e-4,
+                lr: 1e-3,
                 warmup: 50,
-                weight_decay: 0.1,
+                weight_decay: 0.0,
                 seed: 0,
             },
             vocab: 300,

@@ -6,6 +6,10 @@
 //! the mean of the image→text and text→image cross-entropies with the
 //! diagonal as targets.
 //!
+//! **Batches** hold pairs whose texts all differ (the synthetic data repeats
+//! short texts such as "a red circle"; two equal texts in a batch would make
+//! the target ambiguous).
+//!
 //! **Hard negatives.** A pair may bring a negative text that differs from
 //! its own in one word (a colour, a shape). Those texts join the image→text
 //! direction as extra columns (B × (B + N)), so an image must prefer its
@@ -72,6 +76,22 @@ pub struct ContrastiveStep {
     pub seconds: f64,
 }
 
+/// The next batch of up to `batch` pairs whose texts all differ (two
+/// images with the same text would both be "right" for it), drawn in the
+/// data order; gives up looking after a few epochs' worth of draws.
+fn unique_batch(order: &mut DataOrder, pairs: &[ContrastivePair], batch: usize) -> Vec<usize> {
+    let mut out: Vec<usize> = Vec::with_capacity(batch);
+    let mut draws = 0;
+    while out.len() < batch && draws < 4 * pairs.len() {
+        let i = order.next_batch(pairs.len(), 1)[0];
+        draws += 1;
+        if out.iter().all(|&j| pairs[j].text != pairs[i].text) {
+            out.push(i);
+        }
+    }
+    out
+}
+
 /// Right-pads token rows with each row's last id (the end-of-text token:
 /// the pooled output is read at its first occurrence).
 fn pad_rows(rows: &[&Vec<u32>], device: &Device) -> Result<Tensor> {
@@ -114,12 +134,20 @@ pub fn train(
     let mut out = Vec::with_capacity(cfg.steps as usize);
     for step in 0..cfg.steps {
         let started = Instant::now();
-        let idx = order.next_batch(pairs.len(), cfg.batch.min(pairs.len()));
+        let idx = unique_batch(&mut order, pairs, cfg.batch);
         let b = idx.len();
         let pixels: Vec<&Tensor> = idx.iter().map(|&i| &pairs[i].pixels).collect();
         let pixels = Tensor::stack(&pixels, 0)?;
         let mut texts: Vec<&Vec<u32>> = idx.iter().map(|&i| &pairs[i].text).collect();
-        texts.extend(idx.iter().filter_map(|&i| pairs[i].negative.as_ref()));
+        // A negative that is some image's positive (or another negative)
+        // would be a second right answer: left out.
+        for &i in &idx {
+            if let Some(n) = pairs[i].negative.as_ref() {
+                if !texts.contains(&n) {
+                    texts.push(n);
+                }
+            }
+        }
         let ids = pad_rows(&texts, &device)?;
         let img = model.image_embeds(&pixels)?;
         let txt = model.text_embeds(&ids)?;

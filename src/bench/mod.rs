@@ -11,9 +11,12 @@
 //!   ([`train`]).
 //! - `spr bench generate`: new tokens/s and peak memory of batched
 //!   generation ([`generate`]).
+//! - `spr bench score`: candidates/s and peak memory of the semantic score
+//!   ([`score`]).
 
 pub mod generate;
 pub mod load;
+pub mod score;
 pub mod train;
 
 use std::path::Path;

@@ -229,6 +229,16 @@ pub enum TinyCommand {
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Candidates/s and peak memory of `spr score` with the project's CLIP
+    /// (in a fresh process).
+    Score {
+        /// Project folder (its [scoring] semantic_model is timed).
+        #[arg(long, default_value = "assets/demo")]
+        project: PathBuf,
+        /// Measure in this process and print JSON (used by the parent run).
+        #[arg(long, hide = true)]
+        child: bool,
+    },
     /// New tokens/s and peak memory of batched generation on a llava-hf
     /// model and a folder of images (each batch size in a fresh process);
     /// without them, the DESIGN §7 benchmark model and the demo's scenes.
@@ -299,15 +309,17 @@ pub enum BenchCommand {
 }
 
 /// Sets the threads per CPU operation for the command (see
-/// [`crate::model::set_cpu_threads_per_op`]): one for the decoding
-/// commands, which split their batches over the cores, every core for the
+/// [`crate::model::set_cpu_threads_per_op`]): one for the commands that
+/// split their work over the cores (decoding, scoring), every core for the
 /// rest. Call before any thread starts.
 pub fn configure_threads(cli: &Cli) {
     let decoding = matches!(
         cli.command,
         Some(Command::Generate(_))
             | Some(Command::Eval(_))
+            | Some(Command::Score(_))
             | Some(Command::Bench(BenchCommand::Generate { .. }))
+            | Some(Command::Bench(BenchCommand::Score { .. }))
     );
     crate::model::set_cpu_threads_per_op(if decoding {
         1
@@ -365,6 +377,9 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Bench(BenchCommand::Load { file, images, keep })) => {
             crate::bench::load_command(file.as_deref(), images, keep.as_deref())
+        }
+        Some(Command::Bench(BenchCommand::Score { project, child })) => {
+            crate::bench::score::command(&project, child)
         }
         Some(Command::Bench(BenchCommand::Generate {
             model,

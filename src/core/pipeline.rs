@@ -22,7 +22,7 @@ use crate::core::project::{
     ScoringConfig, FORMAT_VERSION,
 };
 use crate::core::regions::{sample_regions, RegionConfig, RegionQuery};
-use crate::core::scorers::Scorers;
+use crate::core::scorers::{Scorers, SemanticParts};
 use crate::core::scores::{self, Components};
 
 /// A record a stage skipped, and why.
@@ -217,38 +217,57 @@ pub fn score_candidates(
             ));
         }
     };
+    // Regions that can be scored, with their ground truth and parses.
+    let mut work = Vec::with_capacity(groups.len());
     for (query, idxs) in &groups {
-        progress(idxs.len() as u64);
         let Some(region) = by_id.get(query) else {
             skip_all(
                 &mut issues,
                 idxs,
                 &format!("query {query} is not in regions.jsonl"),
             );
+            progress(idxs.len() as u64);
             continue;
         };
-        let gt = match region_gt(region, ds, &ids) {
-            Ok(gt) => gt,
+        match region_gt(region, ds, &ids) {
+            Ok(gt) => {
+                let parsed: Vec<Parsed> = idxs
+                    .iter()
+                    .map(|&i| parse_candidate(&candidates[i], region))
+                    .collect();
+                work.push((*region, idxs, gt, parsed));
+            }
             Err(e) => {
                 skip_all(&mut issues, idxs, &e.to_string());
-                continue;
+                progress(idxs.len() as u64);
             }
-        };
-        let parsed: Vec<Parsed> = idxs
-            .iter()
-            .map(|&i| parse_candidate(&candidates[i], region))
-            .collect();
-        let semantic = match scorers.semantic.name() {
+        }
+    }
+    // The semantic scorer sees every region at once (it may use the cores).
+    let semantic: Vec<Option<Result<Vec<SemanticParts>, String>>> = match scorers.semantic.name() {
+        None => vec![None; work.len()],
+        Some(_) => {
+            let texts: Vec<(&RegionRecord, Vec<String>)> = work
+                .iter()
+                .map(|(r, _, _, parsed)| (*r, parsed.iter().map(|p| p.text.plain()).collect()))
+                .collect();
+            scorers
+                .semantic
+                .score_regions(&texts)
+                .into_iter()
+                .map(Some)
+                .collect()
+        }
+    };
+    let detector = scorers.detector.name();
+    for ((region, idxs, gt, parsed), semantic) in work.into_iter().zip(semantic) {
+        progress(idxs.len() as u64);
+        let semantic = match semantic {
             None => None,
-            Some(_) => {
-                let texts: Vec<String> = parsed.iter().map(|p| p.text.plain()).collect();
-                match scorers.semantic.score_region(region, &texts) {
-                    Ok(parts) => Some(parts),
-                    Err(e) => {
-                        skip_all(&mut issues, idxs, &format!("semantic score: {e}"));
-                        continue;
-                    }
-                }
+            Some(Ok(parts)) => Some(parts),
+            Some(Err(e)) => {
+                skip_all(&mut issues, idxs, &format!("semantic score: {e}"));
+                continue;
             }
         };
         let phrases: Vec<Vec<String>> = parsed
@@ -261,7 +280,6 @@ pub fn score_candidates(
                     .collect()
             })
             .collect();
-        let detector = scorers.detector.name();
         let detections = match detector {
             None => vec![Vec::new(); idxs.len()],
             Some(_) => match scorers.detector.detect_region(region, &phrases) {

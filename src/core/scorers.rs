@@ -57,6 +57,17 @@ pub trait SemanticScorer {
         region: &RegionRecord,
         texts: &[String],
     ) -> Result<Vec<SemanticParts>, String>;
+
+    /// [`Self::score_region`] for many regions, in order (a scorer may
+    /// spread them over the cores).
+    fn score_regions(
+        &self,
+        work: &[(&RegionRecord, Vec<String>)],
+    ) -> Vec<Result<Vec<SemanticParts>, String>> {
+        work.iter()
+            .map(|(r, texts)| self.score_region(r, texts))
+            .collect()
+    }
 }
 
 /// No semantic scorer: the component stays absent.

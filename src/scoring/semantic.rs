@@ -24,8 +24,8 @@
 //! the whole image's first layers are shared by the regions of one image
 //! (the last one is cached). Cosines are raw (−1…1), as SPR combines them.
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 use image::{DynamicImage, Rgb, RgbImage};
@@ -45,8 +45,11 @@ pub struct ClipScorer {
     image_root: PathBuf,
     name: String,
     /// The last whole image encoded: file name and its padded pixels.
-    last_image: RefCell<Option<(String, Tensor, SquarePad)>>,
+    last_image: Mutex<Option<WholeImage>>,
 }
+
+/// A whole image's padded pixels, by file name.
+type WholeImage = (String, Tensor, SquarePad);
 
 impl ClipScorer {
     /// Loads a `CLIPModel` folder (`config.json`, safetensors,
@@ -78,7 +81,7 @@ impl ClipScorer {
             processor,
             image_root: image_root.to_path_buf(),
             name,
-            last_image: RefCell::new(None),
+            last_image: Mutex::new(None),
         })
     }
 
@@ -250,10 +253,11 @@ impl ClipScorer {
     /// next region of the same image.
     fn whole_image(
         &self,
+        cache: &mut Option<WholeImage>,
         region: &RegionRecord,
         rgb: &RgbImage,
     ) -> Result<(Tensor, SquarePad), ModelError> {
-        if let Some((name, px, pad)) = self.last_image.borrow().as_ref() {
+        if let Some((name, px, pad)) = cache.as_ref() {
             if *name == region.file_name {
                 return Ok((px.clone(), *pad));
             }
@@ -261,11 +265,16 @@ impl ClipScorer {
         let side = self.model.config().vision_config.image_size as f32;
         let pad = SquarePad::new(rgb.width() as f32, rgb.height() as f32, side);
         let px = self.pixels(self.pad_square(rgb))?;
-        *self.last_image.borrow_mut() = Some((region.file_name.clone(), px.clone(), pad));
+        *cache = Some((region.file_name.clone(), px.clone(), pad));
         Ok((px, pad))
     }
 
-    fn score(&self, region: &RegionRecord, texts: &[String]) -> Result<Vec<SemanticParts>, String> {
+    fn score(
+        &self,
+        cache: &mut Option<WholeImage>,
+        region: &RegionRecord,
+        texts: &[String],
+    ) -> Result<Vec<SemanticParts>, String> {
         let path = self.image_root.join(&region.file_name);
         let rgb = imageio::load_rgb(&path).map_err(|e| e.to_string())?;
         let err = |e: ModelError| e.to_string();
@@ -274,7 +283,7 @@ impl ClipScorer {
             .model
             .image_embeds(&self.pixels(crop).map_err(err)?)
             .map_err(err)?;
-        let (whole, pad) = self.whole_image(region, &rgb).map_err(err)?;
+        let (whole, pad) = self.whole_image(cache, region, &rgb).map_err(err)?;
         let mask = self.patch_mask(pad.padded_from_image(region.region));
         let local_emb = self.model.region_embeds(&whole, &[mask]).map_err(err)?;
         let (text, chunks) = self.text_embeddings(texts)?;
@@ -331,7 +340,45 @@ impl SemanticScorer for ClipScorer {
         region: &RegionRecord,
         texts: &[String],
     ) -> Result<Vec<SemanticParts>, String> {
-        self.score(region, texts)
+        let mut cache = self
+            .last_image
+            .lock()
+            .map_err(|_| "cache poisoned".to_string())?;
+        self.score(&mut cache, region, texts)
+    }
+
+    /// Contiguous shares of the regions on as many threads as
+    /// [`crate::model::decode_workers`] gives (one per core when CPU
+    /// operations run single-threaded), each with its own image cache.
+    fn score_regions(
+        &self,
+        work: &[(&RegionRecord, Vec<String>)],
+    ) -> Vec<Result<Vec<SemanticParts>, String>> {
+        let workers = crate::model::decode_workers(self.model.device()).max(1);
+        if workers == 1 || work.len() < 2 {
+            return work.iter().map(|(r, t)| self.score_region(r, t)).collect();
+        }
+        let share = work.len().div_ceil(workers);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = work
+                .chunks(share)
+                .map(|part| {
+                    scope.spawn(move || {
+                        let mut cache = None;
+                        part.iter()
+                            .map(|(r, t)| self.score(&mut cache, r, t))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| vec![Err("a scoring thread panicked".to_string())])
+                })
+                .collect()
+        })
     }
 }
 

@@ -85,6 +85,26 @@ pub fn crop_rgb(image: &RgbImage, crop: Bbox) -> RgbImage {
     image::imageops::crop_imm(image, x1, y1, x2 - x1, y2 - y1).to_image()
 }
 
+/// `image` padded to a centred square with `fill` (CLIP's mean colour for
+/// the semantic score, so a centre crop cannot cut a region off).
+pub fn pad_to_square(image: &RgbImage, fill: image::Rgb<u8>) -> RgbImage {
+    let (w, h) = image.dimensions();
+    let side = w.max(h);
+    let mut out = RgbImage::from_pixel(side, side, fill);
+    image::imageops::overlay(
+        &mut out,
+        image,
+        i64::from((side - w) / 2),
+        i64::from((side - h) / 2),
+    );
+    out
+}
+
+/// `mean` (per channel, 0–1) as an 8-bit colour.
+pub fn mean_colour(mean: [f32; 3]) -> image::Rgb<u8> {
+    image::Rgb(mean.map(|m| (m * 255.0).round().clamp(0.0, 255.0) as u8))
+}
+
 /// Save `image` as PNG at `path` (atomically, via the project writer).
 pub fn save_png(image: &RgbImage, path: &Path) -> Result<(), ImageLoadError> {
     let write = |message: String| ImageLoadError::Write {

@@ -124,18 +124,10 @@ pub fn one_word_change(text: &str, rng: &mut SplitMix64) -> Option<String> {
 
 /// `image` padded to a centred square with CLIP's mean colour.
 pub fn pad_square(image: &RgbImage) -> RgbImage {
-    let (w, h) = image.dimensions();
-    let side = w.max(h);
-    let m = crate::model::processor::CLIP_MEAN;
-    let fill = image::Rgb([0, 1, 2].map(|c| (m[c] * 255.0).round() as u8));
-    let mut out = RgbImage::from_pixel(side, side, fill);
-    image::imageops::overlay(
-        &mut out,
+    imageio::pad_to_square(
         image,
-        i64::from((side - w) / 2),
-        i64::from((side - h) / 2),
-    );
-    out
+        imageio::mean_colour(crate::model::processor::CLIP_MEAN),
+    )
 }
 
 fn counts_phrase(names: &[String]) -> String {

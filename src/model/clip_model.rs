@@ -282,19 +282,7 @@ impl ClipModel {
 
 /// Reads and checks a `CLIPModel` `config.json`.
 pub fn read_config(path: &Path) -> Result<ClipConfig> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let cfg: ClipConfig = serde_json::from_slice(&bytes).map_err(|source| ModelError::Json {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    cfg.validate().map_err(|message| ModelError::Config {
-        path: path.to_path_buf(),
-        message,
-    })?;
-    Ok(cfg)
+    super::config::read_config_file(path, ClipConfig::validate)
 }
 
 /// Freshly initialised `CLIPModel` weights under the hub's names, drawn
@@ -307,29 +295,11 @@ pub fn random_weights(
     seed: u64,
     device: &Device,
 ) -> Result<std::collections::HashMap<String, Tensor>> {
-    use super::init::{recorded_shapes, standard_normal};
-    let shapes = recorded_shapes(device, |vb| ClipModel::new(vb, cfg).map(|_| ()))?;
-    let mut rng = crate::core::rng::SplitMix64::new(seed);
-    let mut out = std::collections::HashMap::new();
-    for (name, shape) in shapes {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = if name == "logit_scale" {
-            vec![cfg.logit_scale_init_value as f32]
-        } else if name.ends_with(".bias") {
-            vec![0.0; n]
-        } else if name.contains("norm") || name.contains("layrnorm") {
-            vec![1.0; n]
-        } else {
-            let std = if name.ends_with("class_embedding") {
-                (cfg.vision_config.hidden_size as f32).powf(-0.5)
-            } else {
-                0.02
-            };
-            (0..n).map(|_| std * standard_normal(&mut rng)).collect()
-        };
-        out.insert(name, Tensor::from_vec(data, shape, device)?);
-    }
-    Ok(out)
+    let shapes = super::init::recorded_shapes(device, |vb| ClipModel::new(vb, cfg).map(|_| ()))?;
+    let class_std = (cfg.vision_config.hidden_size as f32).powf(-0.5);
+    super::init::default_init(shapes, seed, class_std, device, |name| {
+        (name == "logit_scale").then(|| vec![cfg.logit_scale_init_value as f32])
+    })
 }
 
 /// Writes a `CLIPModel` folder transformers and [`ClipModel::load`] read:

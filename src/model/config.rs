@@ -384,22 +384,31 @@ pub struct LlavaConfig {
     pub model_type: Option<String>,
 }
 
+/// Reads a `config.json` and checks it with `validate`; errors name the
+/// file (and serde's line and column).
+pub fn read_config_file<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    validate: impl FnOnce(&T) -> std::result::Result<(), String>,
+) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let cfg: T = serde_json::from_slice(&bytes).map_err(|source| ModelError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    validate(&cfg).map_err(|message| ModelError::Config {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    Ok(cfg)
+}
+
 impl LlavaConfig {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|source| ModelError::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        cfg.validate().map_err(|message| ModelError::Config {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        Ok(cfg)
+        read_config_file(path, Self::validate)
     }
 
     /// The image token id (32000 for llava-1.5-hf when the file names none).

@@ -61,6 +61,40 @@ pub fn recorded_shapes(
     Ok(shapes)
 }
 
+/// transformers' default initialisation of the recorded tensors, drawn
+/// from `seed` in recording order: `special(name)` when it answers, else
+/// biases 0, norm weights 1, and normals with σ 0.02 (σ `class_std` for a
+/// class embedding).
+pub fn default_init(
+    shapes: Vec<(String, Vec<usize>)>,
+    seed: u64,
+    class_std: f32,
+    device: &Device,
+    special: impl Fn(&str) -> Option<Vec<f32>>,
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    let mut rng = SplitMix64::new(seed);
+    let mut out = std::collections::HashMap::new();
+    for (name, shape) in shapes {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = if let Some(d) = special(&name) {
+            d
+        } else if name.ends_with(".bias") {
+            vec![0.0; n]
+        } else if name.contains("norm") || name.contains("layrnorm") {
+            vec![1.0; n]
+        } else {
+            let std = if name.ends_with("class_embedding") {
+                class_std
+            } else {
+                0.02
+            };
+            (0..n).map(|_| std * standard_normal(&mut rng)).collect()
+        };
+        out.insert(name, Tensor::from_vec(data, shape, device)?);
+    }
+    Ok(out)
+}
+
 /// A standard normal draw (Box–Muller).
 pub fn standard_normal(rng: &mut SplitMix64) -> f32 {
     let u1 = (rng.next_f32() as f64).max(1e-12);

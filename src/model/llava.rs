@@ -33,7 +33,7 @@ use super::clip::{cat_features, ClipVisionTower, Projector};
 use super::config::{FeatureSelect, LlavaConfig};
 use super::generation::{self, Generated, GenerationConfig, Quiet};
 use super::hub::{resolve_model, weight_files, HubOptions, OPTIONAL_FILES, TOKENIZER_FILE};
-use super::init::{recorded_shapes, standard_normal};
+use super::init::{default_init, recorded_shapes};
 use super::llama::{KvCache, Llama};
 use super::lora::{
     read_adapter, write_adapter, AdapterConfigFile, LoraAdapter, LoraConfig, PeftLayout,
@@ -42,7 +42,6 @@ use super::lora::{
 use super::processor::ImageProcessor;
 use super::tokenizer::LlavaTokenizer;
 use super::{default_dtype, ModelError, Result};
-use crate::core::rng::SplitMix64;
 
 /// Canonical (llava-hf hub) prefixes and the alternatives other writers use,
 /// probed with a tensor every layout has.
@@ -599,26 +598,8 @@ pub fn random_weights(
     device: &Device,
 ) -> Result<HashMap<String, Tensor>> {
     let shapes = recorded_shapes(device, |vb| Llava::new_full(vb, cfg).map(|_| ()))?;
-    let mut rng = SplitMix64::new(seed);
-    let mut out = HashMap::new();
-    for (name, shape) in shapes {
-        let n: usize = shape.iter().product();
-        let is_norm = name.contains("norm") || name.contains("layrnorm");
-        let data: Vec<f32> = if name.ends_with(".bias") {
-            vec![0.0; n]
-        } else if is_norm {
-            vec![1.0; n]
-        } else {
-            let std = if name.ends_with("class_embedding") {
-                (cfg.vision_config.hidden_size as f32).powf(-0.5)
-            } else {
-                0.02
-            };
-            (0..n).map(|_| std * standard_normal(&mut rng)).collect()
-        };
-        out.insert(name, Tensor::from_vec(data, shape, device)?);
-    }
-    Ok(out)
+    let class_std = (cfg.vision_config.hidden_size as f32).powf(-0.5);
+    default_init(shapes, seed, class_std, device, |_| None)
 }
 
 /// Writes a model folder transformers and [`Llava::load`] read:

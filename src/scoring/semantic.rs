@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
-use image::{DynamicImage, Rgb, RgbImage};
+use image::{DynamicImage, RgbImage};
 
 use crate::core::geometry::{Bbox, SquarePad};
 use crate::core::imageio;
@@ -95,23 +95,9 @@ impl ClipScorer {
         &self.model
     }
 
-    fn fill(&self) -> Rgb<u8> {
-        let m = self.processor.mean;
-        Rgb([0, 1, 2].map(|c| (m[c] * 255.0).round().clamp(0.0, 255.0) as u8))
-    }
-
-    /// `image` padded to a centred square with CLIP's mean colour.
+    /// `image` padded to a centred square with the processor's mean colour.
     fn pad_square(&self, image: &RgbImage) -> RgbImage {
-        let (w, h) = image.dimensions();
-        let side = w.max(h);
-        let mut out = RgbImage::from_pixel(side, side, self.fill());
-        image::imageops::overlay(
-            &mut out,
-            image,
-            i64::from((side - w) / 2),
-            i64::from((side - h) / 2),
-        );
-        out
+        imageio::pad_to_square(image, imageio::mean_colour(self.processor.mean))
     }
 
     fn pixels(&self, image: RgbImage) -> Result<Tensor, ModelError> {

@@ -380,6 +380,17 @@ impl ClipVisionTower {
         norm.forward(&last.class_token_masked(&before, allowed)?)
     }
 
+    /// `post_layernorm` of every token of the last layer, `(b, 1 +
+    /// patches, hidden)`: what OWLv2's heads start from.
+    pub fn last_hidden_normed(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor> {
+        let Some(norm) = &self.post_layernorm else {
+            candle_core::bail!(
+                "the vision tower was loaded without its last layers and post_layernorm"
+            );
+        };
+        norm.forward(&self.hidden_state(pixel_values, self.layers.len())?)
+    }
+
     /// The single hidden state `index` (0 = embeddings).
     pub fn hidden_state(&self, pixel_values: &Tensor, index: usize) -> candle_core::Result<Tensor> {
         let mut states = self.hidden_states(pixel_values, index)?;

@@ -34,6 +34,17 @@ use super::hub::weight_files;
 use super::lora::linear;
 use super::{ModelError, Result};
 
+/// Where the text tower's pooled output is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextPooling {
+    /// CLIP's: at the first `eos_token_id` (at the row's highest id for the
+    /// old configs whose `eos_token_id` is 2).
+    Eos,
+    /// OWL-ViT's and OWLv2's: always at the row's highest id (their
+    /// end-of-text token is the last of the vocabulary).
+    HighestId,
+}
+
 /// CLIP's text transformer (`text_model` of `CLIPTextModel`).
 #[derive(Debug, Clone)]
 pub struct ClipTextTower {
@@ -42,11 +53,22 @@ pub struct ClipTextTower {
     layers: Vec<EncoderLayer>,
     final_layer_norm: Norm,
     cfg: ClipTextConfig,
+    pooling: TextPooling,
 }
 
 impl ClipTextTower {
-    /// Loads `embeddings.*`, `encoder.layers.N.*` and `final_layer_norm.*`.
+    /// Loads `embeddings.*`, `encoder.layers.N.*` and `final_layer_norm.*`,
+    /// pooled as CLIP pools ([`TextPooling::Eos`]).
     pub fn new(vb: VarBuilder, cfg: &ClipTextConfig) -> candle_core::Result<Self> {
+        Self::with_pooling(vb, cfg, TextPooling::Eos)
+    }
+
+    /// [`Self::new`] with another pooling rule.
+    pub fn with_pooling(
+        vb: VarBuilder,
+        cfg: &ClipTextConfig,
+        pooling: TextPooling,
+    ) -> candle_core::Result<Self> {
         let h = cfg.hidden_size;
         let emb = vb.pp("embeddings");
         let dims = LayerDims {
@@ -68,6 +90,7 @@ impl ClipTextTower {
                 .collect::<candle_core::Result<Vec<_>>>()?,
             final_layer_norm: Norm::new(vb.pp("final_layer_norm"), h, cfg.layer_norm_eps)?,
             cfg: cfg.clone(),
+            pooling,
         })
     }
 
@@ -80,7 +103,7 @@ impl ClipTextTower {
     fn eos_positions(&self, ids: &[Vec<u32>]) -> Vec<usize> {
         ids.iter()
             .map(|row| {
-                if self.cfg.eos_token_id == 2 {
+                if self.pooling == TextPooling::HighestId || self.cfg.eos_token_id == 2 {
                     // transformers' legacy rule: the first highest id.
                     let mut best = 0;
                     for (i, &id) in row.iter().enumerate() {

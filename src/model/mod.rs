@@ -13,6 +13,8 @@
 //!   local-attention region embedding) and LLaVA's projector.
 //! - [`clip_model`]: `CLIPModel` (text and vision towers, projections) for
 //!   the semantic score.
+//! - [`owlv2`]: `Owlv2ForObjectDetection` (CLIP backbone with class, box
+//!   and objectness heads) for the localization score's detector.
 //! - [`lora`]: LoRA layers and PEFT-compatible adapter files.
 //! - [`tokenizer`]: `tokenizer.json` plus the LLaVA-1.5 chat prompt.
 //! - [`processor`]: CLIP image preprocessing (resize, crop, normalise).
@@ -42,6 +44,7 @@ pub mod llama;
 pub mod llava;
 pub mod lora;
 pub mod ops;
+pub mod owlv2;
 pub mod processor;
 pub mod tokenizer;
 

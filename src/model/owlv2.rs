@@ -1,0 +1,213 @@
+//! OWLv2 (`Owlv2ForObjectDetection`, Minderer et al. 2023, "Scaling
+//! Open-Vocabulary Object Detection"): a CLIP backbone whose every patch
+//! token predicts a box, a class embedding matched against text queries,
+//! and an objectness score.
+//!
+//! Follows transformers' `models/owlv2/modeling_owlv2.py`:
+//! - image features: the vision tower's last hidden state, `post_layernorm`
+//!   on every token, each patch token multiplied by the class token, then
+//!   the detector's own `layer_norm`: `(P, hidden)` for `P` patches;
+//! - queries: the text tower pooled at the row's highest id (OWL's rule),
+//!   then `text_projection`;
+//! - class head: `dense0` of the features, both sides L2-normalised (+1e-6),
+//!   their dot products, then `(logit + logit_shift(f)) · (elu(logit_scale(f)) + 1)`;
+//! - box head: `dense0 → GELU → dense1 → GELU → dense2`, plus the box bias
+//!   (each patch's grid position and size in inverse-sigmoid space), then a
+//!   sigmoid: `(cx, cy, w, h)` in 0–1 of the (square) input;
+//! - objectness head: the same MLP shape with one output.
+//!
+//! Checkpoint names are the hub's (`owlv2.vision_model.*` with
+//! `pre_layernorm`, `owlv2.text_model.*`, `owlv2.text_projection`,
+//! `class_head.*`, `box_head.*`, `objectness_head.*`, `layer_norm.*`), so
+//! `google/owlv2-base-patch16-ensemble` loads from a folder or the hub.
+//! `tests/owlv2_parity.rs` checks logits, boxes and objectness against
+//! transformers on a tiny random checkpoint
+//! (`scripts/parity/make_owlv2_fixtures.py`).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+
+use super::clip::{ClipVisionTower, Linear, Norm};
+use super::clip_model::{ClipTextTower, TextPooling};
+use super::config::ClipConfig;
+use super::hub::weight_files;
+use super::lora::linear;
+use super::{ModelError, Result};
+
+/// A three-layer MLP head (`Owlv2BoxPredictionHead`).
+#[derive(Debug, Clone)]
+struct Head {
+    dense0: Linear,
+    dense1: Linear,
+    dense2: Linear,
+}
+
+impl Head {
+    fn new(vb: VarBuilder, width: usize, out: usize) -> candle_core::Result<Self> {
+        Ok(Self {
+            dense0: Linear::new(vb.pp("dense0"), width, width)?,
+            dense1: Linear::new(vb.pp("dense1"), width, width)?,
+            dense2: Linear::new(vb.pp("dense2"), width, out)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.dense0.forward(x)?.gelu_erf()?;
+        let x = self.dense1.forward(&x)?.gelu_erf()?;
+        self.dense2.forward(&x)
+    }
+}
+
+/// What the detector says for one image and its queries.
+#[derive(Debug, Clone)]
+pub struct Detections {
+    /// Class logits `(P, q)`: patch × query.
+    pub logits: Tensor,
+    /// Boxes `(P, 4)`, `(cx, cy, w, h)` in 0–1 of the input square.
+    pub boxes: Tensor,
+    /// Objectness logits `(P,)`.
+    pub objectness: Tensor,
+}
+
+/// `Owlv2ForObjectDetection`.
+#[derive(Debug, Clone)]
+pub struct Owlv2 {
+    vision: ClipVisionTower,
+    text: ClipTextTower,
+    text_projection: Tensor,
+    layer_norm: Norm,
+    class_dense0: Linear,
+    logit_shift: Linear,
+    logit_scale: Linear,
+    box_head: Head,
+    objectness_head: Head,
+    box_bias: Tensor,
+    cfg: ClipConfig,
+}
+
+/// OWLv2's box bias: per patch, the inverse sigmoid of its grid corner
+/// `(x, y)` (1-based, over the grid) and of the patch size, so that a zero
+/// box head output is a patch-sized box at the patch.
+fn box_bias(grid: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let logit = |v: f32| (v + 1e-4).ln() - (1.0 - v + 1e-4).ln();
+    let size = logit(1.0 / grid as f32);
+    let mut out = Vec::with_capacity(grid * grid * 4);
+    for y in 1..=grid {
+        for x in 1..=grid {
+            let cx = (x as f32 / grid as f32).clamp(0.0, 1.0);
+            let cy = (y as f32 / grid as f32).clamp(0.0, 1.0);
+            out.extend([logit(cx), logit(cy), size, size]);
+        }
+    }
+    Tensor::from_vec(out, (grid * grid, 4), device)
+}
+
+fn normalise(x: &Tensor) -> candle_core::Result<Tensor> {
+    let norm = (x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()? + 1e-6)?;
+    x.broadcast_div(&norm)
+}
+
+impl Owlv2 {
+    /// Builds the detector from a root `vb` (no prefix) holding the hub's
+    /// tensor names.
+    pub fn new(vb: VarBuilder, cfg: &ClipConfig) -> candle_core::Result<Self> {
+        let v = &cfg.vision_config;
+        let t = &cfg.text_config;
+        // OWL's vision transformer says `pre_layernorm` where CLIP's
+        // checkpoints say `pre_layrnorm`.
+        let vb = vb.rename_f(|name: &str| {
+            name.replacen("vision_model.pre_layrnorm", "vision_model.pre_layernorm", 1)
+        });
+        let owl = vb.pp("owlv2");
+        let class = vb.pp("class_head");
+        Ok(Self {
+            vision: ClipVisionTower::new(owl.pp("vision_model"), v)?,
+            text: ClipTextTower::with_pooling(owl.pp("text_model"), t, TextPooling::HighestId)?,
+            text_projection: owl
+                .pp("text_projection")
+                .get((cfg.projection_dim, t.hidden_size), "weight")?,
+            layer_norm: Norm::new(vb.pp("layer_norm"), v.hidden_size, v.layer_norm_eps)?,
+            class_dense0: Linear::new(class.pp("dense0"), v.hidden_size, t.hidden_size)?,
+            logit_shift: Linear::new(class.pp("logit_shift"), v.hidden_size, 1)?,
+            logit_scale: Linear::new(class.pp("logit_scale"), v.hidden_size, 1)?,
+            box_head: Head::new(vb.pp("box_head"), v.hidden_size, 4)?,
+            objectness_head: Head::new(vb.pp("objectness_head"), v.hidden_size, 1)?,
+            box_bias: box_bias(v.patches_per_side(), vb.device())?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Loads an `Owlv2ForObjectDetection` folder onto `device` in `dtype`.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(ModelError::MissingPath {
+                path: dir.to_path_buf(),
+                what: "OWLv2 model folder",
+            });
+        }
+        let cfg: ClipConfig =
+            super::config::read_config_file(&dir.join("config.json"), ClipConfig::validate)?;
+        let err = |source| ModelError::Weights {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let files = weight_files(dir)?;
+        // SAFETY: the files are memory-mapped read-only while the model
+        // loads (tensors are copied out of the map).
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.map_err(err)?;
+        Self::new(vb, &cfg).map_err(err)
+    }
+
+    /// The config.
+    pub fn config(&self) -> &ClipConfig {
+        &self.cfg
+    }
+
+    /// The device of the weights.
+    pub fn device(&self) -> &Device {
+        self.text_projection.device()
+    }
+
+    /// Per-patch image features `(b, P, hidden)` for pixel values
+    /// `(b, 3, S, S)`.
+    pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let h = self.vision.last_hidden_normed(pixel_values)?;
+        let t = h.dim(1)?;
+        let cls = h.narrow(1, 0, 1)?;
+        let patches = h.narrow(1, 1, t - 1)?.broadcast_mul(&cls)?;
+        Ok(self.layer_norm.forward(&patches)?)
+    }
+
+    /// Query embeddings `(q, projection)` for token ids `(q, t)`
+    /// (unnormalised: the class head normalises).
+    pub fn query_embeds(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let pooled = self.text.pooled(input_ids)?;
+        Ok(linear(&pooled, &self.text_projection, None)?)
+    }
+
+    /// Logits, boxes and objectness of one image's features `(P, hidden)`
+    /// against queries `(q, projection)`.
+    pub fn detect(&self, features: &Tensor, queries: &Tensor) -> Result<Detections> {
+        let class = normalise(&self.class_dense0.forward(features)?)?;
+        let q = normalise(queries)?;
+        let logits = class.matmul(&q.t()?)?;
+        let shift = self.logit_shift.forward(features)?;
+        let scale = (self.logit_scale.forward(features)?.elu(1.0)? + 1.0)?;
+        let logits = logits.broadcast_add(&shift)?.broadcast_mul(&scale)?;
+        let boxes = candle_nn::ops::sigmoid(
+            &self
+                .box_head
+                .forward(features)?
+                .broadcast_add(&self.box_bias.to_dtype(features.dtype())?)?,
+        )?;
+        let objectness = self.objectness_head.forward(features)?.squeeze(D::Minus1)?;
+        Ok(Detections {
+            logits,
+            boxes,
+            objectness,
+        })
+    }
+}

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The peer of `spr bench score`: the same semantic score with transformers'
-`CLIPModel` on the same checkpoint, regions and candidates, timed the same
-way (every candidate scored; model loading not counted), and checked
-against the project's `scores.jsonl`.
+`CLIPModel`, and the same detector queries with `Owlv2ForObjectDetection`,
+on the same checkpoints, regions and candidates, timed the same way (every
+candidate scored; model loading not counted), and checked against the
+project's `scores.jsonl`.
 
     python scripts/bench/score_transformers.py [PROJECT] [--threads 2]
 
@@ -12,8 +13,19 @@ to a square → the last block's class-token attention restricted to the
 patches whose centres lie in the region → region embedding; each
 candidate's text with its Ferret boxes stripped → text embedding (texts
 longer than the context split into pieces that fit, embeddings averaged).
-S_sem = ½·(cos crop + cos local). Prints one JSON line: candidates/s, peak
-RSS, and the largest difference from `scores.jsonl`'s semantic scores.
+S_sem = ½·(cos crop + cos local).
+
+With `[scoring] detector_model` set (as `spr score`): the crop padded to a
+square at its bottom and right with grey 0.5 (OWLv2's padding), resized to
+the model's input, normalised; the distinct phrases of the region's
+candidates (lower-cased; each phrase is the words before a box, from the
+last determiner, as the workbench's Ferret parser takes them) as text
+queries; sigmoid of the class logits ≥ the threshold, NMS at IoU 0.5, at
+most 8 boxes per phrase.
+
+Prints one JSON line: candidates/s, peak RSS, the largest difference from
+`scores.jsonl`'s semantic scores and how many detector boxes differ in
+count per candidate.
 Needs torch, transformers, pillow, tokenizers; nothing is downloaded.
 """
 import argparse
@@ -27,7 +39,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
+from transformers import CLIPImageProcessor, CLIPModel, Owlv2ForObjectDetection, PreTrainedTokenizerFast
 
 ROOT = Path(__file__).resolve().parents[2]
 BOX = re.compile(r"\s*\[\d+, \d+, \d+, \d+\]")
@@ -87,6 +99,99 @@ def pieces(tok, text, max_len):
     return out
 
 
+DETERMINERS = set(
+    "a an the this that these those some any another each every several many few both one two "
+    "three four five six seven eight nine ten my your his her its our their".split()
+)
+FUNCTION_WORDS = set(
+    "and or but nor then while whereas also with without of on in at to from by for into onto under "
+    "over above below behind beside beneath near between among inside outside around is are was were "
+    "be there here shows show showing contains has have see".split()
+)
+
+
+def phrases(text):
+    """The phrase before each Ferret box (the workbench's rule, 8 words at most)."""
+    out, last = [], 0
+    for m in re.finditer(r"\[\d+, \d+, \d+, \d+\]", text):
+        before = text[last : m.start()]
+        last = m.end()
+        cut = max(before.rfind(ch) for ch in ".,;:!?\n")
+        words = before[cut + 1 :].split()[-8:]
+        if not words:
+            continue
+        det = [i for i, w in enumerate(words) if w.lower() in DETERMINERS or w.isdigit()]
+        if det:
+            k = det[-1]
+        else:
+            k = 0
+            while k + 1 < len(words) and words[k].lower() in FUNCTION_WORDS:
+                k += 1
+        out.append(" ".join(words[k:]))
+    return out
+
+
+def nms(dets, limit):
+    kept = []
+    for score, box in sorted(dets, key=lambda d: -d[0]):
+        if all(iou(box, k[1]) <= limit for k in kept):
+            kept.append((score, box))
+    return kept
+
+
+def iou(a, b):
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class Detector:
+    """OWLv2 as `spr score` runs it on a region's crop."""
+
+    def __init__(self, model_dir, threshold):
+        self.model = Owlv2ForObjectDetection.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.tok = PreTrainedTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"))
+        pre = json.loads((model_dir / "preprocessor_config.json").read_text())
+        self.mean = torch.tensor(pre.get("image_mean", [0.48145466, 0.4578275, 0.40821073])).view(3, 1, 1)
+        self.std = torch.tensor(pre.get("image_std", [0.26862954, 0.26130258, 0.27577711])).view(3, 1, 1)
+        self.side = self.model.config.vision_config.image_size
+        self.max_len = self.model.config.text_config.max_position_embeddings
+        self.threshold = threshold
+
+    def detect(self, img, crop, texts):
+        x1, y1, x2, y2 = crop_box(crop, img.width, img.height)
+        region = img.crop((x1, y1, x2, y2))
+        s = max(region.width, region.height)
+        square = Image.new("RGB", (s, s), (128, 128, 128))
+        square.paste(region, (0, 0))
+        square = square.resize((self.side, self.side), Image.BICUBIC)
+        px = torch.tensor(list(square.getdata()), dtype=torch.float32).view(self.side, self.side, 3)
+        px = ((px.permute(2, 0, 1) / 255.0 - self.mean) / self.std).unsqueeze(0)
+        rows = []
+        for t in texts:
+            ids = self.tok(t)["input_ids"]
+            if len(ids) > self.max_len:
+                ids = ids[: self.max_len - 1] + ids[-1:]
+            rows.append(ids)
+        t = max(len(r) for r in rows)
+        ids = torch.tensor([r + [r[-1]] * (t - len(r)) for r in rows])
+        out = self.model(input_ids=ids, pixel_values=px)
+        probs = out.logits[0].sigmoid()  # patches × queries
+        boxes = out.pred_boxes[0]
+        found = []
+        for q in range(len(texts)):
+            dets = []
+            for p in (probs[:, q] >= self.threshold).nonzero().flatten().tolist():
+                cx, cy, w, h = boxes[p].tolist()
+                b = ((cx - w / 2) * s + x1, (cy - h / 2) * s + y1, (cx + w / 2) * s + x1, (cy + h / 2) * s + y1)
+                if b[2] > b[0] and b[3] > b[1]:
+                    dets.append((float(probs[p, q]), b))
+            found.append(nms(dets, 0.5)[:8])
+        return found
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("project", nargs="?", default=str(ROOT / "assets/demo"))
@@ -110,13 +215,19 @@ def main() -> None:
     by_query = {}
     for c in cands:
         by_query.setdefault(c["query_id"], []).append(c)
-    ours = {}
+    ours, our_boxes = {}, {}
     scores_file = project / "scores.jsonl"
     if scores_file.exists():
         for l in scores_file.read_text().splitlines():
             if l.strip():
                 s = json.loads(l)
                 ours[s["candidate_id"]] = s.get("semantic")
+                our_boxes[s["candidate_id"]] = len(s.get("detections", []))
+    det_dir = cfg["scoring"].get("detector_model")
+    detector = None
+    if det_dir:
+        detector = Detector(project / det_dir, cfg["scoring"].get("detector_threshold", 0.3))
+    box_mismatch, det_boxes = 0, 0
     started = time.perf_counter()
     worst, n = 0.0, 0
     with torch.inference_mode():
@@ -152,6 +263,15 @@ def main() -> None:
             ids = torch.tensor([x + [x[-1]] * (t - len(x)) for x in rows])
             te = model.text_projection(model.text_model(input_ids=ids).pooler_output)
             te = te / te.norm(dim=-1, keepdim=True)
+            if detector is not None:
+                cand_phrases = [phrases(c["text"]) for c in group]
+                distinct = list(dict.fromkeys(p.strip().lower() for ps in cand_phrases for p in ps if p.strip()))
+                found = dict(zip(distinct, detector.detect(img, r["crop"], distinct))) if distinct else {}
+                for c, ps in zip(group, cand_phrases):
+                    k = sum(len(found.get(p.strip().lower(), [])) for p in ps)
+                    det_boxes += k
+                    if c["id"] in our_boxes and our_boxes[c["id"]] != k:
+                        box_mismatch += 1
             at = 0
             for c, k in zip(group, counts):
                 e = te[at : at + k].mean(0, keepdim=True)
@@ -175,6 +295,9 @@ def main() -> None:
                 "candidates_per_s": round(n / seconds, 1),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "max_abs_diff_vs_scores_jsonl": worst,
+                "detector": bool(detector),
+                "detector_boxes": det_boxes,
+                "candidates_whose_box_count_differs_from_scores_jsonl": box_mismatch,
                 "eos_token_id": eos,
             }
         )

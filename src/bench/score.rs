@@ -1,11 +1,12 @@
 //! `spr bench score`: candidates per second and peak memory of `spr
-//! score` with the project's CLIP (the semantic score: crop, local
-//! attention, text; no detector is built yet), so it can be run beside
-//! transformers' `CLIPModel` on the same checkpoint and candidates
+//! score` with the project's models — CLIP's semantic score (crop, local
+//! attention, text) and the OWLv2 detector (crop, phrase queries) — so it
+//! can be run beside transformers' `CLIPModel` and
+//! `Owlv2ForObjectDetection` on the same checkpoints and candidates
 //! (`scripts/bench/score_transformers.py`). The timed part is the scoring
-//! of every candidate (images decoded, both image embeddings per region,
-//! the texts); loading the model and the dataset is not. It runs in a fresh
-//! child process, so the peak RSS is its own.
+//! of every candidate (images decoded, the image encodings per region, the
+//! texts, detection); loading the models and the dataset is not. It runs in
+//! a fresh child process, so the peak RSS is its own.
 
 use std::path::Path;
 use std::time::Instant;
@@ -15,11 +16,12 @@ use anyhow::{Context, Result};
 use super::load::peak_rss_bytes;
 use crate::core::pipeline;
 use crate::core::project::{self, files, CandidateRecord, Project, RegionRecord};
-use crate::core::scorers::{NoDetector, Scorers};
 
 /// Figures of one measurement.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ScoreBenchReport {
+    /// What was timed.
+    pub models: String,
     /// Candidates scored.
     pub candidates: usize,
     /// Regions.
@@ -39,23 +41,31 @@ pub fn measure(dir: &Path) -> Result<ScoreBenchReport> {
     let (regions, _) = project::read_jsonl::<RegionRecord>(&p.path(files::REGIONS))?;
     let (candidates, _) = project::read_jsonl::<CandidateRecord>(&p.path(files::CANDIDATES))?;
     let device = crate::model::default_device();
-    let clip = crate::scoring::load_semantic(&p, &device)?
-        .context("[scoring] semantic_model is not set: nothing to time")?;
+    let loaded = crate::scoring::ProjectScorers::load(&p, &device)?;
+    anyhow::ensure!(
+        loaded.semantic.is_some() || loaded.detector.is_some(),
+        "[scoring] sets neither semantic_model nor detector_model: nothing to time"
+    );
     let started = Instant::now();
     let (scores, issues) = pipeline::score_candidates(
         &ds,
         &regions,
         &candidates,
         &p.config.scoring,
-        Scorers {
-            semantic: &clip,
-            detector: &NoDetector,
-        },
+        loaded.scorers(),
         &|_| {},
     );
     let seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(issues.is_empty(), "scoring issue: {}", issues[0]);
     Ok(ScoreBenchReport {
+        models: [
+            loaded.semantic.as_ref().map(|_| "CLIP semantic score"),
+            loaded.detector.as_ref().map(|_| "OWLv2 detector"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" + "),
         candidates: scores.len(),
         regions: regions.len(),
         seconds,
@@ -84,11 +94,12 @@ pub fn command(project: &Path, child: bool) -> Result<()> {
     let r: ScoreBenchReport = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
         .context("reading the child's figures")?;
     println!(
-        "score bench: {} candidates of {} regions in {:.2} s = {:.1} candidates/s (semantic score, CLIP; no detector), peak RSS {}",
+        "score bench: {} candidates of {} regions in {:.2} s = {:.1} candidates/s ({}), peak RSS {}",
         r.candidates,
         r.regions,
         r.seconds,
         r.candidates_per_s,
+        r.models,
         r.peak_rss_mb
             .map(|m| format!("{m:.0} MB"))
             .unwrap_or_else(|| "n/a".into())

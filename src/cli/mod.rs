@@ -4,9 +4,11 @@
 //!
 //! - this file: the commands and the project-stage steps;
 //! - [`infer`]: `spr generate`, `spr merge-shards`, `spr eval`;
-//! - [`train`]: `spr train`.
+//! - [`train`]: `spr train`, `spr runs`;
+//! - [`tiny`]: `spr tiny …`, the tiny demo models.
 
 mod infer;
+mod tiny;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -127,103 +129,7 @@ pub enum Command {
     },
     /// The tiny demo model: SFT data, initial model, evaluation.
     #[command(subcommand)]
-    Tiny(TinyCommand),
-}
-
-/// Steps of making and checking the tiny demo model
-/// (`scripts/make_tiny_model.sh` runs them in order).
-#[derive(Debug, Subcommand)]
-pub enum TinyCommand {
-    /// Synthetic scenes → region crops + prompt–completion JSONL (grounded
-    /// descriptions and REC answers) + the tokenizer corpus.
-    Data {
-        /// Output folder.
-        #[arg(long)]
-        out: PathBuf,
-        /// Scenes drawn.
-        #[arg(long, default_value_t = 300)]
-        scenes: usize,
-        /// Seed of the scenes (the demo project's is 2025).
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-    },
-    /// Tokenizer trained on a corpus + tiny config + random weights → a
-    /// llava-hf model folder.
-    Init {
-        /// Corpus, one text per line (`corpus.txt` from `spr tiny data`).
-        #[arg(long)]
-        corpus: PathBuf,
-        /// Output model folder.
-        #[arg(long)]
-        out: PathBuf,
-        /// Seed of the weights.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
-    /// Write the files transformers' AutoProcessor needs (tokenizer and
-    /// processor configs, chat template) into a tiny model folder.
-    HfFiles {
-        /// The model folder (with tokenizer.json and preprocessor_config.json).
-        #[arg(long)]
-        model: PathBuf,
-    },
-    /// Train the tiny CLIP of the semantic score from scratch on synthetic
-    /// scenes and measure it on held-out ones → DIR/model.
-    Clip {
-        /// Output folder (the model goes to DIR/model).
-        #[arg(long)]
-        out: PathBuf,
-        /// Training scenes.
-        #[arg(long, default_value_t = 160)]
-        scenes: usize,
-        /// Seed of the training scenes (the demo's is 2025).
-        #[arg(long, default_value_t = 11)]
-        seed: u64,
-        /// Optimizer steps.
-        #[arg(long, default_value_t = 1200)]
-        steps: u64,
-        /// Pairs per step.
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
-        /// Peak learning rate.
-        #[arg(long, default_value_t = 1e-3)]
-        lr: f64,
-        /// Held-out scenes for the report.
-        #[arg(long, default_value_t = 30)]
-        eval_scenes: usize,
-    },
-    /// Measure a CLIP folder on held-out synthetic scenes: text→region
-    /// retrieval top-1 and own text vs a one-word change.
-    ClipEval {
-        /// The CLIP model folder.
-        #[arg(long)]
-        model: PathBuf,
-        /// Held-out scenes.
-        #[arg(long, default_value_t = 30)]
-        scenes: usize,
-        /// Their seed.
-        #[arg(long, default_value_t = 13)]
-        seed: u64,
-    },
-    /// Describe a project's regions with a model; print the parse rate and
-    /// SPR's localization score.
-    Eval {
-        /// Model folder (llava-hf layout).
-        #[arg(long)]
-        model: String,
-        /// Project whose regions are described.
-        #[arg(long, default_value = "assets/demo")]
-        project: PathBuf,
-        /// Regions described at most.
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-        /// Most tokens per answer.
-        #[arg(long, default_value_t = 160)]
-        max_new_tokens: usize,
-        /// Write the generations here as JSONL.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Tiny(tiny::TinyCommand),
 }
 
 /// Benchmarks.
@@ -423,7 +329,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::MergeShards(args)) => infer::merge(&args),
         Some(Command::Eval(args)) => infer::eval(&args),
         Some(Command::Runs { dir }) => train::list(&dir),
-        Some(Command::Tiny(cmd)) => tiny(cmd),
+        Some(Command::Tiny(cmd)) => tiny::run(cmd),
     }
 }
 
@@ -568,14 +474,9 @@ fn score(dir: &Path) -> Result<()> {
     let regions: Vec<RegionRecord> = read_stage(&p, files::REGIONS)?;
     let candidates: Vec<CandidateRecord> = read_stage(&p, files::CANDIDATES)?;
     let device = crate::model::default_device();
-    let clip = crate::scoring::load_semantic(&p, &device)?;
-    let scorers = crate::core::scorers::Scorers {
-        semantic: match &clip {
-            Some(c) => c,
-            None => &crate::core::scorers::NoSemantic,
-        },
-        detector: &crate::core::scorers::NoDetector,
-    };
+    let loaded = crate::scoring::ProjectScorers::load(&p, &device)?;
+    let scorers = loaded.scorers();
+    let (clip, owl) = (&loaded.semantic, &loaded.detector);
     let b = bar(candidates.len() as u64, "score");
     let (scores, issues) = pipeline::score_candidates(
         &ds,
@@ -597,7 +498,7 @@ fn score(dir: &Path) -> Result<()> {
         issues_in_text,
         out.display()
     );
-    match &clip {
+    match clip {
         Some(c) => println!(
             "semantic: CLIP {} ({} scored)",
             c.model_name(),
@@ -608,7 +509,23 @@ fn score(dir: &Path) -> Result<()> {
              so `semantic` is null and composites use the localization score alone"
         ),
     }
-    println!("note: detector not run: no open-vocabulary detector is built yet; localization uses the written boxes");
+    match owl {
+        Some(d) => {
+            let boxes: usize = scores.iter().map(|s| s.detections.len()).sum();
+            let without = scores
+                .iter()
+                .filter(|s| s.notes.iter().any(|n| n.starts_with("detector skipped")))
+                .count();
+            println!(
+                "detector: {}: {boxes} boxes added to the predictions ({without} candidates name no phrase)",
+                crate::core::scorers::Detector::name(d).unwrap_or_default(),
+            );
+        }
+        None => println!(
+            "note: detector not run: [scoring] detector_model is not set in spr.toml, \
+             so localization uses the written boxes only"
+        ),
+    }
     Ok(())
 }
 
@@ -646,8 +563,8 @@ fn pairs(dir: &Path, lambda: Option<f32>) -> Result<()> {
     println!(
         "pairs: {} pairs from {} queries ({} marked by hand, {} with < 2 candidates, {} ties, {} skipped) at λ = {} → {}",
         stats.pairs,
-        stats.manual,
         stats.queries,
+        stats.manual,
         stats.too_few_candidates,
         stats.ties,
         issues.len(),
@@ -709,131 +626,5 @@ fn show(dir: &Path) -> Result<()> {
         count(files::SCORES),
         count(files::PAIRS)
     );
-    Ok(())
-}
-
-fn print_clip_eval(r: &crate::demo::tiny_clip::ClipEvalReport) {
-    println!(
-        "held-out: {} regions; text→region top-1 {:.3} (crops), {:.3} (local attention on the whole scene); own text beats a one-word change {:.3}",
-        r.regions, r.retrieval_top1_crop, r.retrieval_top1_local, r.own_text_over_one_word_change
-    );
-}
-
-/// `spr tiny ...`.
-fn tiny(cmd: TinyCommand) -> Result<()> {
-    use crate::demo::tiny;
-    match cmd {
-        TinyCommand::Data { out, scenes, seed } => {
-            let s = tiny::write_sft_data(&out, &tiny::SftDataConfig { scenes, seed })?;
-            println!(
-                "tiny data: {} description rows + {} REC rows → {}",
-                s.descriptions,
-                s.rec,
-                s.file.display()
-            );
-        }
-        TinyCommand::Init { corpus, out, seed } => {
-            let n = tiny::init_model(&out, &corpus, seed)?;
-            println!(
-                "tiny init: {:.2}M parameters (random) → {}",
-                n as f64 / 1e6,
-                out.display()
-            );
-        }
-        TinyCommand::Clip {
-            out,
-            scenes,
-            seed,
-            steps,
-            batch,
-            lr,
-            eval_scenes,
-        } => {
-            use crate::demo::tiny_clip;
-            let mut opts = tiny_clip::TinyClipOptions {
-                scenes,
-                seed,
-                eval_scenes,
-                ..Default::default()
-            };
-            opts.train.steps = steps;
-            opts.train.batch = batch;
-            opts.train.lr = lr;
-            opts.train.warmup = opts.train.warmup.min(steps / 4);
-            let pb = bar(steps, "clip");
-            let started = std::time::Instant::now();
-            let r = tiny_clip::make_tiny_clip(&out, &opts, |s| {
-                pb.set_position(s.step);
-                pb.set_message(format!("loss {:.3} acc {:.2}", s.loss, s.accuracy));
-            })?;
-            pb.finish_and_clear();
-            let last = r.steps.len().saturating_sub(20);
-            let mean = |f: fn(&crate::train::contrastive::ContrastiveStep) -> f64| {
-                let tail = &r.steps[last..];
-                tail.iter().map(f).sum::<f64>() / tail.len().max(1) as f64
-            };
-            println!(
-                "tiny clip: {:.2}M parameters, {} pairs, {} steps in {:.0} s; loss {:.3} → {:.3} (mean of the last 20), batch accuracy {:.2}",
-                r.params as f64 / 1e6,
-                r.pairs,
-                r.steps.len(),
-                started.elapsed().as_secs_f64(),
-                r.steps.first().map_or(f64::NAN, |s| s.loss),
-                mean(|s| s.loss),
-                mean(|s| s.accuracy)
-            );
-            print_clip_eval(&r.eval);
-            println!("→ {}", out.join("model").display());
-        }
-        TinyCommand::ClipEval {
-            model,
-            scenes,
-            seed,
-        } => {
-            let work = std::env::temp_dir().join(format!("spr-clip-eval-{}", std::process::id()));
-            let r = crate::demo::tiny_clip::evaluate_tiny_clip(&model, &work, scenes, seed);
-            let _ = std::fs::remove_dir_all(&work);
-            print_clip_eval(&r?);
-        }
-        TinyCommand::HfFiles { model } => {
-            tiny::write_transformers_files(&model)?;
-            println!(
-                "tiny hf-files: tokenizer_config.json, processor_config.json, chat_template.jinja → {}",
-                model.display()
-            );
-        }
-        TinyCommand::Eval {
-            model,
-            project,
-            limit,
-            max_new_tokens,
-            out,
-        } => {
-            let pb = bar(0, "describe");
-            let r = tiny::evaluate(&model, &project, limit, max_new_tokens, &|i, n| {
-                pb.set_length(n as u64);
-                pb.set_position(i as u64);
-            })?;
-            pb.finish_and_clear();
-            for g in r.generations.iter().take(3) {
-                println!("{}: {}", g.query_id, g.text);
-            }
-            println!(
-                "tiny eval: {} regions, parse rate {:.2}, mean localization {:.3}, {:.1} tokens/s",
-                r.generations.len(),
-                r.parse_rate(),
-                r.mean_localization(),
-                r.tokens as f64 / r.seconds.max(1e-9)
-            );
-            if let Some(out) = out {
-                let mut text = String::new();
-                for g in &r.generations {
-                    text.push_str(&serde_json::to_string(g)?);
-                    text.push('\n');
-                }
-                crate::core::project::write_atomic(&out, text.as_bytes())?;
-            }
-        }
-    }
     Ok(())
 }

@@ -2,8 +2,10 @@
 //! tensor library, so that the CLI, the GUI and the tests share one
 //! implementation.
 
+pub mod assignment;
 pub mod atomic;
 pub mod dataset;
+pub mod detection;
 pub mod geometry;
 pub mod grounded;
 pub mod imageio;

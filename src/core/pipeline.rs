@@ -259,8 +259,42 @@ pub fn score_candidates(
                 .collect()
         }
     };
+    // The phrases each candidate mentions: the detector's queries.
+    let phrases: Vec<Vec<Vec<String>>> = work
+        .iter()
+        .map(|(_, _, _, parsed)| {
+            parsed
+                .iter()
+                .map(|p| {
+                    p.text
+                        .objects()
+                        .iter()
+                        .map(|(ph, _)| ph.to_string())
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
     let detector = scorers.detector.name();
-    for ((region, idxs, gt, parsed), semantic) in work.into_iter().zip(semantic) {
+    let detected: Vec<Option<Result<Vec<Vec<_>>, String>>> = match detector {
+        None => vec![None; work.len()],
+        Some(_) => {
+            let queries: Vec<(&RegionRecord, Vec<Vec<String>>)> = work
+                .iter()
+                .zip(&phrases)
+                .map(|((r, ..), p)| (*r, p.clone()))
+                .collect();
+            scorers
+                .detector
+                .detect_regions(&queries)
+                .into_iter()
+                .map(Some)
+                .collect()
+        }
+    };
+    for ((((_, idxs, gt, parsed), semantic), detections), phrases) in
+        work.into_iter().zip(semantic).zip(detected).zip(phrases)
+    {
         progress(idxs.len() as u64);
         let semantic = match semantic {
             None => None,
@@ -270,25 +304,13 @@ pub fn score_candidates(
                 continue;
             }
         };
-        let phrases: Vec<Vec<String>> = parsed
-            .iter()
-            .map(|p| {
-                p.text
-                    .objects()
-                    .iter()
-                    .map(|(ph, _)| ph.to_string())
-                    .collect()
-            })
-            .collect();
-        let detections = match detector {
+        let detections = match detections {
             None => vec![Vec::new(); idxs.len()],
-            Some(_) => match scorers.detector.detect_region(region, &phrases) {
-                Ok(d) => d,
-                Err(e) => {
-                    skip_all(&mut issues, idxs, &format!("detector: {e}"));
-                    continue;
-                }
-            },
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                skip_all(&mut issues, idxs, &format!("detector: {e}"));
+                continue;
+            }
         };
         for (k, &i) in idxs.iter().enumerate() {
             let c = &candidates[i];

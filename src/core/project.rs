@@ -154,7 +154,19 @@ pub struct ScoringConfig {
     /// unset: no semantic score.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub semantic_model: Option<String>,
+    /// Open-vocabulary detector (`Owlv2ForObjectDetection`): a folder or a
+    /// hub id (`google/owlv2-base-patch16-ensemble`); unset: the
+    /// localization score uses the written boxes only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detector_model: Option<String>,
+    /// Least class probability of a detector box (OWLv2's examples use
+    /// 0.1–0.3).
+    #[serde(serialize_with = "short_f32")]
+    pub detector_threshold: f32,
 }
+
+/// The default `[scoring] detector_threshold`.
+pub const DETECTOR_THRESHOLD: f32 = 0.3;
 
 impl Default for ScoringConfig {
     fn default() -> Self {
@@ -163,6 +175,8 @@ impl Default for ScoringConfig {
             localization: LocVariant::Recall,
             match_iou: MATCH_IOU,
             semantic_model: None,
+            detector_model: None,
+            detector_threshold: DETECTOR_THRESHOLD,
         }
     }
 }

@@ -115,6 +115,17 @@ pub trait Detector {
         region: &RegionRecord,
         phrases: &[Vec<String>],
     ) -> Result<Vec<Vec<Detection>>, String>;
+
+    /// [`Self::detect_region`] for many regions, in order (a detector may
+    /// spread them over the cores).
+    fn detect_regions(
+        &self,
+        work: &[(&RegionRecord, Vec<Vec<String>>)],
+    ) -> Vec<Result<Vec<Vec<Detection>>, String>> {
+        work.iter()
+            .map(|(r, phrases)| self.detect_region(r, phrases))
+            .collect()
+    }
 }
 
 /// No detector: contributes no boxes.

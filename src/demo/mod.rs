@@ -26,6 +26,7 @@
 pub mod rec;
 pub mod tiny;
 pub mod tiny_clip;
+pub mod tiny_owl;
 
 use std::path::{Path, PathBuf};
 
@@ -601,20 +602,13 @@ pub fn generate(out: &Path, cfg: &DemoConfig) -> anyhow::Result<DemoSummary> {
         .iter()
         .flat_map(|r| candidates_for(r, &ds, &ids, &mut rng))
         .collect();
-    let clip = crate::scoring::load_semantic(&project, &candle_core::Device::Cpu)?;
-    let scorers = crate::core::scorers::Scorers {
-        semantic: match &clip {
-            Some(c) => c,
-            None => &crate::core::scorers::NoSemantic,
-        },
-        detector: &crate::core::scorers::NoDetector,
-    };
+    let loaded = crate::scoring::ProjectScorers::load(&project, &candle_core::Device::Cpu)?;
     let (scores, issues) = pipeline::score_candidates(
         &ds,
         &regions,
         &candidates,
         &project.config.scoring,
-        scorers,
+        loaded.scorers(),
         &|_| {},
     );
     anyhow::ensure!(issues.is_empty(), "demo scoring issue: {}", issues[0]);

@@ -219,7 +219,7 @@ pub fn clip_examples(project: &Project, seed: u64) -> Result<(Vec<ClipExample>, 
 }
 
 /// Draws a scene project of `scenes` scenes with `seed` into `dir`.
-fn scene_project(dir: &Path, scenes: usize, seed: u64) -> Result<Project> {
+pub(crate) fn scene_project(dir: &Path, scenes: usize, seed: u64) -> Result<Project> {
     let cfg = super::DemoConfig {
         images: scenes,
         seed,

@@ -60,7 +60,8 @@ impl Head {
     }
 }
 
-/// What the detector says for one image and its queries.
+/// What the detector says for its images and queries (shapes for one
+/// image; a batch adds a leading axis to each).
 #[derive(Debug, Clone)]
 pub struct Detections {
     /// Class logits `(P, q)`: patch × query.
@@ -102,6 +103,20 @@ fn box_bias(grid: usize, device: &Device) -> candle_core::Result<Tensor> {
         }
     }
     Tensor::from_vec(out, (grid * grid, 4), device)
+}
+
+/// [`ClipConfig::validate`], and OWL's own constraint: the class head
+/// compares the image features (projected to the text width) with the
+/// query embeddings (the projection width), so the two widths agree.
+fn validate(cfg: &ClipConfig) -> std::result::Result<(), String> {
+    cfg.validate()?;
+    if cfg.projection_dim != cfg.text_config.hidden_size {
+        return Err(format!(
+            "projection_dim {} differs from text_config.hidden_size {}: OWLv2's class head needs them equal",
+            cfg.projection_dim, cfg.text_config.hidden_size
+        ));
+    }
+    Ok(())
 }
 
 fn normalise(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -148,7 +163,7 @@ impl Owlv2 {
             });
         }
         let cfg: ClipConfig =
-            super::config::read_config_file(&dir.join("config.json"), ClipConfig::validate)?;
+            super::config::read_config_file(&dir.join("config.json"), validate)?;
         let err = |source| ModelError::Weights {
             path: dir.to_path_buf(),
             source,
@@ -188,12 +203,13 @@ impl Owlv2 {
         Ok(linear(&pooled, &self.text_projection, None)?)
     }
 
-    /// Logits, boxes and objectness of one image's features `(P, hidden)`
-    /// against queries `(q, projection)`.
+    /// Logits, boxes and objectness of image features `(P, hidden)` (one
+    /// image) or `(b, P, hidden)` against queries `(q, projection)`; the
+    /// outputs carry the same leading axes (`(P, q)` or `(b, P, q)`, …).
     pub fn detect(&self, features: &Tensor, queries: &Tensor) -> Result<Detections> {
         let class = normalise(&self.class_dense0.forward(features)?)?;
         let q = normalise(queries)?;
-        let logits = class.matmul(&q.t()?)?;
+        let logits = class.broadcast_matmul(&q.t()?)?;
         let shift = self.logit_shift.forward(features)?;
         let scale = (self.logit_scale.forward(features)?.elu(1.0)? + 1.0)?;
         let logits = logits.broadcast_add(&shift)?.broadcast_mul(&scale)?;
@@ -210,4 +226,108 @@ impl Owlv2 {
             objectness,
         })
     }
+}
+
+/// Fresh weights for an `Owlv2ForObjectDetection` of `cfg` under the hub's
+/// names, drawn from `seed` as transformers initialises it (normals σ 0.02,
+/// norms 1, biases 0), plus the `Owlv2Model` tensors the detector does not
+/// read (`visual_projection`, `logit_scale`) so that transformers loads the
+/// folder without filling anything in. For the tiny detector, whose
+/// backbone is then replaced by a trained CLIP's ([`from_clip_weights`]).
+pub fn random_weights(
+    cfg: &ClipConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    let shapes = super::init::recorded_shapes(device, |vb| {
+        Owlv2::new(vb, cfg).map(|_| ())
+    })?;
+    let class_std = (cfg.vision_config.hidden_size as f32).powf(-0.5);
+    let mut out = super::init::default_init(shapes, seed, class_std, device, |_| None)?;
+    let mut rng = crate::core::rng::SplitMix64::new(seed ^ 0x0b1e_c7);
+    let (p, h) = (cfg.projection_dim, cfg.vision_config.hidden_size);
+    let proj: Vec<f32> = (0..p * h)
+        .map(|_| 0.02 * super::init::standard_normal(&mut rng))
+        .collect();
+    out.insert(
+        "owlv2.visual_projection.weight".into(),
+        Tensor::from_vec(proj, (p, h), device)?,
+    );
+    out.insert(
+        "owlv2.logit_scale".into(),
+        Tensor::new(cfg.logit_scale_init_value as f32, device)?,
+    );
+    Ok(out)
+}
+
+/// `weights` with every tensor a `CLIPModel` checkpoint also has replaced
+/// by `clip`'s (`vision_model.*` → `owlv2.vision_model.*`, with OWL's
+/// `pre_layernorm` spelling; `text_model.*`, `text_projection`,
+/// `visual_projection`, `logit_scale` likewise): OWL-ViT starts its
+/// detector from a contrastively trained CLIP (Minderer et al. 2022, §3).
+/// Returns how many tensors were taken; a shape that differs is an error
+/// naming the tensor.
+pub fn from_clip_weights(
+    weights: &mut std::collections::HashMap<String, Tensor>,
+    clip: &std::collections::HashMap<String, Tensor>,
+) -> Result<usize> {
+    let mut taken = 0;
+    for (name, t) in clip {
+        let owl = format!(
+            "owlv2.{}",
+            name.replacen("vision_model.pre_layrnorm", "vision_model.pre_layernorm", 1)
+        );
+        let Some(slot) = weights.get_mut(&owl) else {
+            continue;
+        };
+        if slot.dims() != t.dims() {
+            return Err(ModelError::Input(format!(
+                "{name}: the CLIP's tensor is {:?}, the detector's {owl} is {:?}",
+                t.dims(),
+                slot.dims()
+            )));
+        }
+        *slot = t.clone();
+        taken += 1;
+    }
+    Ok(taken)
+}
+
+/// Writes an `Owlv2ForObjectDetection` folder transformers and
+/// [`Owlv2::load`] read: `config.json` (with the `model_type`s and
+/// architecture transformers needs) and `model.safetensors`.
+pub fn save_model(
+    dir: &Path,
+    cfg: &ClipConfig,
+    weights: &std::collections::HashMap<String, Tensor>,
+) -> Result<()> {
+    let path = dir.join("config.json");
+    let json_err = |source| ModelError::Json {
+        path: path.clone(),
+        source,
+    };
+    let mut json = serde_json::to_value(cfg).map_err(json_err)?;
+    if let Some(obj) = json.as_object_mut() {
+        obj.insert("model_type".into(), "owlv2".into());
+        obj.insert(
+            "architectures".into(),
+            serde_json::json!(["Owlv2ForObjectDetection"]),
+        );
+        for (key, kind) in [
+            ("text_config", "owlv2_text_model"),
+            ("vision_config", "owlv2_vision_model"),
+        ] {
+            if let Some(c) = obj.get_mut(key).and_then(|v| v.as_object_mut()) {
+                c.insert("model_type".into(), kind.into());
+            }
+        }
+    }
+    let text = serde_json::to_string_pretty(&json).map_err(json_err)?;
+    crate::core::atomic::write_atomic(&path, (text + "\n").as_bytes()).map_err(|source| {
+        ModelError::Io {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    super::lora::save_safetensors(weights, &dir.join(super::hub::WEIGHTS_FILE))
 }

@@ -2,11 +2,15 @@
 //! ([`crate::core::scorers`]) in candle:
 //!
 //! - [`semantic`]: CLIP's semantic score, `S_sem = ½·[cos(I_crop, T) +
-//!   S_local(I, T)]` (DESIGN §3), with the local-attention region embedding.
+//!   S_local(I, T)]` (DESIGN §3), with the local-attention region embedding;
+//! - [`detector`]: OWLv2 on the region's crop, queried with the phrases the
+//!   candidates mention; its boxes join the localization score's
+//!   predictions.
 //!
 //! [`load`] builds the scorers `spr.toml`'s `[scoring]` names, with errors
 //! that name the field and say how to get weights.
 
+pub mod detector;
 pub mod semantic;
 
 use std::path::{Path, PathBuf};
@@ -78,4 +82,129 @@ pub fn load_semantic(
     semantic::ClipScorer::load(&dir, &project.image_root(), device, value.clone())
         .map(Some)
         .map_err(|e| err(e.to_string()))
+}
+
+/// The detector `[scoring] detector_model` names (none when unset), on
+/// `device`, with `[scoring] detector_threshold`.
+pub fn load_detector(
+    project: &Project,
+    device: &candle_core::Device,
+) -> Result<Option<detector::OwlDetector>, ScorerError> {
+    let scoring = &project.config.scoring;
+    let Some(value) = scoring.detector_model.clone() else {
+        return Ok(None);
+    };
+    let config = project.path(crate::core::project::files::CONFIG);
+    let err = |field: &'static str, value: String, message: String| ScorerError {
+        config: config.clone(),
+        field,
+        value,
+        message,
+    };
+    let threshold = scoring.detector_threshold;
+    if !(threshold > 0.0 && threshold < 1.0) {
+        return Err(err(
+            "detector_threshold",
+            threshold.to_string(),
+            "must lie strictly between 0 and 1".into(),
+        ));
+    }
+    let dir = model_folder(project, &value).map_err(|e| {
+        err(
+            "detector_model",
+            value.clone(),
+            format!(
+                "{e}; {}",
+                how_to_get(
+                    "Owlv2ForObjectDetection",
+                    "google/owlv2-base-patch16-ensemble",
+                    &project.root.join(&value)
+                )
+            ),
+        )
+    })?;
+    let settings = detector::DetectorSettings {
+        threshold,
+        ..Default::default()
+    };
+    detector::OwlDetector::load(&dir, &project.image_root(), device, value.clone(), settings)
+        .map(Some)
+        .map_err(|e| err("detector_model", value.clone(), e.to_string()))
+}
+
+/// The scorers `[scoring]` names, loaded.
+pub struct ProjectScorers {
+    /// CLIP's semantic score, when `semantic_model` is set.
+    pub semantic: Option<semantic::ClipScorer>,
+    /// OWLv2, when `detector_model` is set.
+    pub detector: Option<detector::OwlDetector>,
+}
+
+impl ProjectScorers {
+    /// Loads what `project`'s `[scoring]` names onto `device`.
+    pub fn load(project: &Project, device: &candle_core::Device) -> Result<Self, ScorerError> {
+        Ok(Self {
+            semantic: load_semantic(project, device)?,
+            detector: load_detector(project, device)?,
+        })
+    }
+
+    /// The plug-ins for [`crate::core::pipeline::score_candidates`]
+    /// (stand-ins for what is not configured).
+    pub fn scorers(&self) -> crate::core::scorers::Scorers<'_> {
+        crate::core::scorers::Scorers {
+            semantic: match &self.semantic {
+                Some(c) => c,
+                None => &crate::core::scorers::NoSemantic,
+            },
+            detector: match &self.detector {
+                Some(d) => d,
+                None => &crate::core::scorers::NoDetector,
+            },
+        }
+    }
+}
+
+/// `f` over `work` in order, on up to `workers` threads, each taking a
+/// contiguous share with its own cache (the last image read: regions of
+/// one image come in a row). A panicking thread's share becomes errors.
+pub(crate) fn spread<W, C, R>(
+    workers: usize,
+    work: &[W],
+    f: impl Fn(&mut C, &W) -> Result<R, String> + Sync,
+) -> Vec<Result<R, String>>
+where
+    W: Sync,
+    C: Default,
+    R: Send,
+{
+    let workers = workers.max(1);
+    if workers == 1 || work.len() < 2 {
+        let mut cache = C::default();
+        return work.iter().map(|w| f(&mut cache, w)).collect();
+    }
+    let share = work.len().div_ceil(workers);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = work
+            .chunks(share)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut cache = C::default();
+                    part.iter().map(|w| f(&mut cache, w)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(work.chunks(share))
+            .flat_map(|(h, part)| {
+                h.join().unwrap_or_else(|_| {
+                    part.iter()
+                        .map(|_| Err("a scoring thread panicked".to_string()))
+                        .collect()
+                })
+            })
+            .collect()
+    })
 }

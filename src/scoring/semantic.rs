@@ -340,31 +340,11 @@ impl SemanticScorer for ClipScorer {
         &self,
         work: &[(&RegionRecord, Vec<String>)],
     ) -> Vec<Result<Vec<SemanticParts>, String>> {
-        let workers = crate::model::decode_workers(self.model.device()).max(1);
-        if workers == 1 || work.len() < 2 {
-            return work.iter().map(|(r, t)| self.score_region(r, t)).collect();
-        }
-        let share = work.len().div_ceil(workers);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = work
-                .chunks(share)
-                .map(|part| {
-                    scope.spawn(move || {
-                        let mut cache = None;
-                        part.iter()
-                            .map(|(r, t)| self.score(&mut cache, r, t))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| vec![Err("a scoring thread panicked".to_string())])
-                })
-                .collect()
-        })
+        super::spread(
+            crate::model::decode_workers(self.model.device()),
+            work,
+            |cache, (r, t)| self.score(cache, r, t),
+        )
     }
 }
 

@@ -4,6 +4,7 @@
 //!   pure functions of summed log-probs, with TRL's metric names, plus the
 //!   helpers that turn logits into per-sequence / per-segment log-probs.
 //! - [`contrastive`]: CLIP-style contrastive training (the tiny CLIP).
+//! - [`detection`]: OWL-ViT-style detector training (the tiny OWLv2).
 //! - [`data`]: preference pairs from TRL or project JSONL, tokenised,
 //!   batched (chosen rows then rejected rows) in a resumable order.
 //! - [`schedule`]: warmup + cosine learning rate and gradient clipping.
@@ -12,6 +13,7 @@
 //! - [`tune_allocator`]: malloc settings for a training process.
 
 pub mod contrastive;
+pub mod detection;
 pub mod data;
 pub mod objectives;
 pub mod schedule;

@@ -108,6 +108,10 @@ pub enum Command {
         /// semantic scores (default: the committed tiny CLIP).
         #[arg(long)]
         clip: Option<PathBuf>,
+        /// OWLv2 folder copied into the demo (models/owlv2) for its
+        /// detector boxes (default: the committed tiny OWLv2).
+        #[arg(long)]
+        detector: Option<PathBuf>,
     },
     /// Benchmarks that print figures.
     #[command(subcommand)]
@@ -259,6 +263,7 @@ pub fn run(cli: Cli) -> Result<()> {
             images,
             seed,
             clip,
+            detector,
         }) => {
             let mut cfg = crate::demo::DemoConfig {
                 images,
@@ -267,6 +272,9 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             if clip.is_some() {
                 cfg.clip = clip;
+            }
+            if detector.is_some() {
+                cfg.detector = detector;
             }
             let s = crate::demo::generate(&out, &cfg)?;
             println!(

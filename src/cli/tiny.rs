@@ -100,6 +100,10 @@ pub enum TinyCommand {
         /// Held-out scenes for the report.
         #[arg(long, default_value_t = 30)]
         eval_scenes: usize,
+        /// The detector's input side in pixels (a multiple of the CLIP's
+        /// patch size).
+        #[arg(long, default_value_t = 168)]
+        image_size: usize,
     },
     /// Measure an OWLv2 folder on held-out synthetic scenes: AP at IoU 0.5
     /// and 0.75, precision and recall at a threshold.
@@ -250,12 +254,14 @@ pub fn run(cmd: TinyCommand) -> Result<()> {
             batch,
             lr,
             eval_scenes,
+            image_size,
         } => {
             use crate::demo::tiny_owl;
             let mut opts = tiny_owl::TinyOwlOptions {
                 scenes,
                 seed,
                 eval_scenes,
+                image_size,
                 ..Default::default()
             };
             opts.train.steps = steps;
@@ -265,11 +271,16 @@ pub fn run(cmd: TinyCommand) -> Result<()> {
             let pb = bar(steps, "owl");
             let started = std::time::Instant::now();
             let r = tiny_owl::make_tiny_owl(&out, &clip, &opts, |s| {
+                let line = format!(
+                    "loss {:.3} (class {:.3}, l1 {:.3}, giou {:.3}, objectness {:.3})",
+                    s.loss, s.class, s.l1, s.giou, s.objectness
+                );
+                // Without a terminal the bar is hidden: a line per 100 steps.
+                if pb.is_hidden() && s.step % 100 == 0 {
+                    eprintln!("step {}/{steps}: {line} ({:.2} s/step)", s.step, s.seconds);
+                }
                 pb.set_position(s.step);
-                pb.set_message(format!(
-                    "loss {:.3} (class {:.3}, l1 {:.3}, giou {:.3})",
-                    s.loss, s.class, s.l1, s.giou
-                ));
+                pb.set_message(line);
             })?;
             pb.finish_and_clear();
             let last = r.steps.len().saturating_sub(50);

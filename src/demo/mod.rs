@@ -64,17 +64,34 @@ pub struct DemoConfig {
     /// named by its `[scoring] semantic_model`, so the demo's scores carry
     /// the semantic component (none: they do not).
     pub clip: Option<PathBuf>,
+    /// An OWLv2 folder copied into the project (`models/owlv2`) and named
+    /// by its `[scoring] detector_model`, so the demo's localization scores
+    /// include detector boxes (none: written boxes only).
+    pub detector: Option<PathBuf>,
 }
 
 /// Where the demo project keeps its tiny CLIP.
 pub const DEMO_CLIP: &str = "models/clip";
 
-/// The committed tiny CLIP (`assets/demo/models/clip`), when present.
-pub fn bundled_clip() -> Option<PathBuf> {
+/// Where the demo project keeps its tiny detector.
+pub const DEMO_DETECTOR: &str = "models/owlv2";
+
+/// A committed demo model folder (`assets/demo/<rel>`), when present.
+fn bundled(rel: &str) -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("assets/demo")
-        .join(DEMO_CLIP);
+        .join(rel);
     p.join("config.json").is_file().then_some(p)
+}
+
+/// The committed tiny CLIP (`assets/demo/models/clip`), when present.
+pub fn bundled_clip() -> Option<PathBuf> {
+    bundled(DEMO_CLIP)
+}
+
+/// The committed tiny OWLv2 (`assets/demo/models/owlv2`), when present.
+pub fn bundled_detector() -> Option<PathBuf> {
+    bundled(DEMO_DETECTOR)
 }
 
 impl Default for DemoConfig {
@@ -87,6 +104,7 @@ impl Default for DemoConfig {
             regions_per_image: 2,
             rec_scenes: 20,
             clip: bundled_clip(),
+            detector: bundled_detector(),
         }
     }
 }
@@ -467,16 +485,25 @@ says `synthetic-demo:<kind>`), not written by any model. `rec/` is a small
 REC evaluation set (MDETR layout) on scenes of their own seed.
 ";
 
-/// The README's paragraph on the scores.
-fn readme_scores(clip: bool) -> &'static str {
-    if clip {
+/// The README's paragraphs on the scores.
+fn readme_scores(clip: bool, detector: bool) -> String {
+    let mut out = String::from(if clip {
         "\nThe semantic scores come from the tiny CLIP in `models/clip`, trained by\n\
          `spr tiny clip` on synthetic scenes of another seed: they show the mechanism,\n\
          not what OpenAI's CLIP would say.\n"
     } else {
         "\nScores hold the localization component only: no semantic (CLIP) scorer has\n\
          run, so `semantic` is `null`.\n"
-    }
+    });
+    out.push_str(if detector {
+        "\nThe detector boxes (`detections` in `scores.jsonl`) come from the tiny OWLv2 in\n\
+         `models/owlv2`, trained by `spr tiny owl` from that CLIP on scenes of another\n\
+         seed; they join the written boxes in the localization score, as SPR's\n\
+         GroundingDINO boxes do.\n"
+    } else {
+        "\nNo detector has run: the localization score uses the written boxes only.\n"
+    });
+    out
 }
 
 /// Copies a model folder's files (not into itself).
@@ -552,7 +579,10 @@ pub fn generate(out: &Path, cfg: &DemoConfig) -> anyhow::Result<DemoSummary> {
     }
     let json = serde_json::to_vec_pretty(&coco)?;
     project::write_atomic(&out.join("annotations.json"), &json)?;
-    let readme = format!("{README}{}", readme_scores(cfg.clip.is_some()));
+    let readme = format!(
+        "{README}{}",
+        readme_scores(cfg.clip.is_some(), cfg.detector.is_some())
+    );
     project::write_atomic(&out.join("README.md"), readme.as_bytes())?;
 
     let config = ProjectConfig {
@@ -579,6 +609,7 @@ pub fn generate(out: &Path, cfg: &DemoConfig) -> anyhow::Result<DemoSummary> {
         },
         scoring: ScoringConfig {
             semantic_model: cfg.clip.as_ref().map(|_| DEMO_CLIP.to_string()),
+            detector_model: cfg.detector.as_ref().map(|_| DEMO_DETECTOR.to_string()),
             ..ScoringConfig::default()
         },
         export: ExportConfig::default(),
@@ -586,6 +617,9 @@ pub fn generate(out: &Path, cfg: &DemoConfig) -> anyhow::Result<DemoSummary> {
     };
     if let Some(src) = &cfg.clip {
         copy_model(src, &out.join(DEMO_CLIP))?;
+    }
+    if let Some(src) = &cfg.detector {
+        copy_model(src, &out.join(DEMO_DETECTOR))?;
     }
     let project = Project::create(out, config)?;
     let ds = project.load_dataset()?;

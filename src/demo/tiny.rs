@@ -135,6 +135,7 @@ pub fn write_sft_data(out: &Path, cfg: &SftDataConfig) -> Result<SftDataSummary>
         seed: cfg.seed,
         rec_scenes: 0,
         clip: None,
+        detector: None,
         ..Default::default()
     };
     super::generate(&scenes, &demo).context("drawing the scenes")?;

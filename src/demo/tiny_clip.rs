@@ -225,6 +225,7 @@ pub(crate) fn scene_project(dir: &Path, scenes: usize, seed: u64) -> Result<Proj
         seed,
         rec_scenes: 0,
         clip: None,
+        detector: None,
         regions_per_image: 6,
         ..Default::default()
     };

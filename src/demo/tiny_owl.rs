@@ -13,7 +13,8 @@
 //!    ground truth is every drawn, non-crowd object with at least half of
 //!    its box inside the window, clipped to it;
 //! 2. builds the detector from the tiny CLIP (vision and text towers,
-//!    projections) plus freshly initialised heads
+//!    projections; its 8×8 learned positions resized to the detector's
+//!    finer 12×12 grid at 168 px) plus freshly initialised heads
 //!    ([`owlv2::from_clip_weights`]), as OWL-ViT starts from CLIP;
 //! 3. trains every weight with OWL-ViT's set loss
 //!    ([`crate::train::detection`]); each step's queries phrase every
@@ -61,6 +62,9 @@ pub struct TinyOwlOptions {
     pub eval_seed: u64,
     /// Random windows per training scene, besides its region crops.
     pub windows: usize,
+    /// The detector's input side (a multiple of the CLIP's patch size;
+    /// the CLIP's positions are resized to the finer grid).
+    pub image_size: usize,
     /// The training run.
     pub train: DetectionConfig,
 }
@@ -73,6 +77,7 @@ impl Default for TinyOwlOptions {
             eval_scenes: 30,
             eval_seed: 19,
             windows: 2,
+            image_size: 168,
             train: DetectionConfig {
                 steps: 1500,
                 batch: 16,
@@ -241,9 +246,12 @@ fn draw_queries(tok: &tokenizers::Tokenizer, rng: &mut SplitMix64) -> Result<Que
     Ok(QueryBatch { ids, covers })
 }
 
-/// The tiny detector's configuration: the CLIP's, which it is built from.
-fn owl_config(clip_dir: &Path) -> Result<crate::model::ClipConfig> {
-    let cfg = clip_model::read_config(&clip_dir.join("config.json"))?;
+/// The tiny detector's configuration: the CLIP's, which it is built from,
+/// at input side `image_size`.
+fn owl_config(clip_dir: &Path, image_size: usize) -> Result<crate::model::ClipConfig> {
+    let mut cfg = clip_model::read_config(&clip_dir.join("config.json"))?;
+    cfg.vision_config.image_size = image_size;
+    cfg.validate().map_err(anyhow::Error::msg)?;
     anyhow::ensure!(
         cfg.projection_dim == cfg.text_config.hidden_size,
         "{}: projection_dim {} differs from the text width {}; OWLv2's class head needs them equal",
@@ -262,7 +270,7 @@ pub fn make_tiny_owl(
     opts: &TinyOwlOptions,
     progress: impl FnMut(&DetectionStep),
 ) -> Result<TinyOwlReport> {
-    let cfg = owl_config(clip_dir)?;
+    let cfg = owl_config(clip_dir, opts.image_size)?;
     let input = cfg.vision_config.image_size as u32;
     let tok = tokenizers::Tokenizer::from_file(clip_dir.join("tokenizer.json"))
         .map_err(|e| anyhow::anyhow!("{}: {e}", clip_dir.join("tokenizer.json").display()))?;

@@ -265,8 +265,9 @@ pub fn random_weights(
 /// `pre_layernorm` spelling; `text_model.*`, `text_projection`,
 /// `visual_projection`, `logit_scale` likewise): OWL-ViT starts its
 /// detector from a contrastively trained CLIP (Minderer et al. 2022, §3).
-/// Returns how many tensors were taken; a shape that differs is an error
-/// naming the tensor.
+/// The vision positions are resized when the detector's grid is finer
+/// ([`resize_positions`]). Returns how many tensors were taken; any other
+/// shape that differs is an error naming the tensor.
 pub fn from_clip_weights(
     weights: &mut std::collections::HashMap<String, Tensor>,
     clip: &std::collections::HashMap<String, Tensor>,
@@ -280,6 +281,15 @@ pub fn from_clip_weights(
         let Some(slot) = weights.get_mut(&owl) else {
             continue;
         };
+        // A finer detector grid: the CLIP's positions resized to it.
+        let t = &if name.ends_with("vision_model.embeddings.position_embedding.weight")
+            && slot.dims() != t.dims()
+        {
+            let new_g = ((slot.dim(0)? - 1) as f64).sqrt().round() as usize;
+            resize_positions(t, new_g)?
+        } else {
+            t.clone()
+        };
         if slot.dims() != t.dims() {
             return Err(ModelError::Input(format!(
                 "{name}: the CLIP's tensor is {:?}, the detector's {owl} is {:?}",
@@ -291,6 +301,43 @@ pub fn from_clip_weights(
         taken += 1;
     }
     Ok(taken)
+}
+
+/// A vision tower's learned positions `(1 + g², hidden)` (class token
+/// first, then a `g × g` grid) resized bilinearly to a `new_g × new_g`
+/// grid (half-pixel centres, as `torch.nn.functional.interpolate(…,
+/// mode="bilinear", align_corners=False)` samples): how a CLIP trained at
+/// one input size starts a detector at a finer one (OWL-ViT fine-tunes
+/// CLIP at a higher resolution the same way).
+pub fn resize_positions(positions: &Tensor, new_g: usize) -> Result<Tensor> {
+    let (n, h) = positions.dims2()?;
+    let g = ((n - 1) as f64).sqrt().round() as usize;
+    if g * g + 1 != n || new_g == 0 {
+        return Err(ModelError::Input(format!(
+            "position embedding of {n} rows is not a class token plus a square grid"
+        )));
+    }
+    let rows: Vec<Vec<f32>> = positions.to_dtype(DType::F32)?.to_vec2()?;
+    let mut out = Vec::with_capacity((1 + new_g * new_g) * h);
+    out.extend_from_slice(&rows[0]);
+    let src = |v: usize| ((v as f32 + 0.5) * g as f32 / new_g as f32 - 0.5).clamp(0.0, (g - 1) as f32);
+    for y in 0..new_g {
+        let fy = src(y);
+        let (y0, wy) = (fy.floor() as usize, fy - fy.floor());
+        let y1 = (y0 + 1).min(g - 1);
+        for x in 0..new_g {
+            let fx = src(x);
+            let (x0, wx) = (fx.floor() as usize, fx - fx.floor());
+            let x1 = (x0 + 1).min(g - 1);
+            let at = |yy: usize, xx: usize, k: usize| rows[1 + yy * g + xx][k];
+            for k in 0..h {
+                let top = at(y0, x0, k) * (1.0 - wx) + at(y0, x1, k) * wx;
+                let bottom = at(y1, x0, k) * (1.0 - wx) + at(y1, x1, k) * wx;
+                out.push(top * (1.0 - wy) + bottom * wy);
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out, (1 + new_g * new_g, h), positions.device())?)
 }
 
 /// Writes an `Owlv2ForObjectDetection` folder transformers and
@@ -330,4 +377,27 @@ pub fn save_model(
         }
     })?;
     super::lora::save_safetensors(weights, &dir.join(super::hub::WEIGHTS_FILE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_resize_bilinearly() {
+        // 2×2 grid with values 0, 1 / 2, 3 (one channel) → 4×4.
+        let t = Tensor::new(&[[9.0f32], [0.0], [1.0], [2.0], [3.0]], &Device::Cpu).unwrap();
+        let r = resize_positions(&t, 4).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(r.len(), 17);
+        assert_eq!(r[0], vec![9.0]);
+        // Corners keep the corner values; the second column of the first
+        // row samples x = 0.25 → 0.25.
+        assert_eq!(r[1][0], 0.0);
+        assert!((r[2][0] - 0.25).abs() < 1e-6);
+        assert_eq!(r[16][0], 3.0);
+        // Same size: unchanged.
+        let same = resize_positions(&t, 2).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(same, t.to_vec2::<f32>().unwrap());
+        assert!(resize_positions(&Tensor::zeros((4, 1), DType::F32, &Device::Cpu).unwrap(), 2).is_err());
+    }
 }

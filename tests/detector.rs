@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 mod common;
 use common::{copy_dir, demo_dir, spr};
 
+use spr_workbench::core::geometry::Bbox;
 use spr_workbench::core::project::{self, files, CandidateRecord, ScoreRecord};
 
 fn stage<T: serde::de::DeserializeOwned + project::Versioned>(dir: &Path, name: &str) -> Vec<T> {
@@ -36,7 +37,11 @@ fn demo_scores_carry_detector_boxes_on_the_objects() {
     let (mut boxes, mut on_objects, mut precise_found) = (0usize, 0usize, 0usize);
     let mut precise = 0usize;
     for s in &scores {
-        assert!(s.detector.starts_with("owlv2:models/owlv2"), "{}", s.detector);
+        assert!(
+            s.detector.starts_with("owlv2:models/owlv2"),
+            "{}",
+            s.detector
+        );
         let kind = kind_of(&candidates, &s.candidate_id);
         if kind == "vague" {
             assert!(s.detections.is_empty());
@@ -46,8 +51,10 @@ fn demo_scores_carry_detector_boxes_on_the_objects() {
         let region = regions.iter().find(|r| r.id == s.query_id).unwrap();
         for d in &s.detections {
             assert!(d.score >= 0.3 && d.score <= 1.0, "{d:?}");
-            // Found in the crop (a box may reach a little past its edge).
-            let c = region.crop.expand(1.2);
+            // Cut to the crop, the pixels the detector saw (stored rounded
+            // to whole pixels).
+            let c = region.crop;
+            let c = Bbox::new(c.x1 - 0.5, c.y1 - 0.5, c.x2 + 0.5, c.y2 + 0.5);
             assert!(c.contains(d.bbox), "{:?} outside {:?}", d.bbox, region.crop);
         }
         if kind == "precise" {
@@ -67,7 +74,10 @@ fn demo_scores_carry_detector_boxes_on_the_objects() {
     eprintln!(
         "precise candidates: {precise_found} of {precise} with detector boxes; {on_objects} of {boxes} boxes on a region object (IoU ≥ 0.5)"
     );
-    assert!(precise_found * 4 >= precise * 3, "{precise_found} of {precise}");
+    assert!(
+        precise_found * 4 >= precise * 3,
+        "{precise_found} of {precise}"
+    );
     assert!(on_objects * 2 >= boxes, "{on_objects} of {boxes}");
 }
 
@@ -91,7 +101,11 @@ fn the_detector_only_adds_predictions() {
     let tmp = tempfile::tempdir().unwrap();
     let root = demo_copy(tmp.path());
     let out = spr(&["score", "--project", root.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("detector: owlv2:models/owlv2"), "{stdout}");
     let with: Vec<ScoreRecord> = stage(&root, files::SCORES);
@@ -118,14 +132,29 @@ fn the_detector_only_adds_predictions() {
 fn a_missing_detector_or_a_bad_threshold_names_the_field() {
     let tmp = tempfile::tempdir().unwrap();
     let root = demo_copy(tmp.path());
-    set_scoring(&root, "detector_model = \"models/owlv2\"", "detector_model = \"models/nowhere\"");
+    set_scoring(
+        &root,
+        "detector_model = \"models/owlv2\"",
+        "detector_model = \"models/nowhere\"",
+    );
     let out = spr(&["score", "--project", root.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("detector_model") && err.contains("models/nowhere"), "{err}");
+    assert!(
+        err.contains("detector_model") && err.contains("models/nowhere"),
+        "{err}"
+    );
     assert!(err.contains("google/owlv2-base-patch16-ensemble"), "{err}");
-    set_scoring(&root, "detector_model = \"models/nowhere\"", "detector_model = \"models/owlv2\"");
-    set_scoring(&root, "detector_threshold = 0.3", "detector_threshold = 1.5");
+    set_scoring(
+        &root,
+        "detector_model = \"models/nowhere\"",
+        "detector_model = \"models/owlv2\"",
+    );
+    set_scoring(
+        &root,
+        "detector_threshold = 0.3",
+        "detector_threshold = 1.5",
+    );
     let out = spr(&["score", "--project", root.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -142,9 +171,16 @@ fn a_missing_image_skips_only_its_regions() {
     set_scoring(&root, "semantic_model = \"models/clip\"\n", "");
     fs::remove_file(root.join("images/scene_001.png")).unwrap();
     let out = spr(&["score", "--project", root.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("detector:") && err.contains("scene_001.png"), "{err}");
+    assert!(
+        err.contains("detector:") && err.contains("scene_001.png"),
+        "{err}"
+    );
     let scores: Vec<ScoreRecord> = stage(&root, files::SCORES);
     assert!(!scores.is_empty());
     assert!(scores.iter().all(|s| !s.query_id.starts_with("1-")));

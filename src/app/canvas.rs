@@ -31,6 +31,9 @@ pub mod colors {
     pub const REGION: Color32 = Color32::from_rgb(255, 220, 0);
     /// Crowd boxes (kept out of matching).
     pub const CROWD: Color32 = Color32::from_rgb(150, 150, 150);
+    /// A detector's box for a phrase of the candidate (dashed; its match
+    /// colours its fill).
+    pub const DETECTED: Color32 = Color32::from_rgb(200, 120, 255);
     /// A region being drawn.
     pub const DRAWING: Color32 = Color32::from_rgb(80, 180, 255);
 }

@@ -782,6 +782,29 @@ pub fn overlay_boxes(
                     candidate_box: Some(i),
                 });
             }
+            // The detector's boxes for the candidate's phrases: predictions
+            // after the written ones.
+            let written = score.boxes.len();
+            for (j, d) in score.detections.iter().enumerate() {
+                let unmatched = s.loc.unmatched_preds.contains(&(written + j));
+                let best = gt.iter().map(|g| g.iou(d.bbox)).fold(0.0f32, f32::max);
+                let fill = if unmatched { 0.0 } else { 0.12 };
+                out.push(OverlayBox {
+                    bbox: d.bbox,
+                    style: BoxInstance::outline(d.bbox.into(), colors::DETECTED, 1.5)
+                        .dashed(5.0)
+                        .filled(fill),
+                    label: Some(format!("det {}", j + 1)),
+                    tooltip: Some(format!(
+                        "detector box {} for \"{}\" (confidence {:.2}): {}\nbest IoU with the region's objects {best:.3}",
+                        j + 1,
+                        d.phrase,
+                        d.score,
+                        if unmatched { "matches no region object" } else { "matches a region object" }
+                    )),
+                    candidate_box: None,
+                });
+            }
         }
     }
     out

@@ -311,7 +311,8 @@ pub fn run(cmd: TinyCommand) -> Result<()> {
             threshold,
         } => {
             let work = std::env::temp_dir().join(format!("spr-owl-eval-{}", std::process::id()));
-            let r = crate::demo::tiny_owl::evaluate_tiny_owl(&model, &work, scenes, seed, threshold);
+            let r =
+                crate::demo::tiny_owl::evaluate_tiny_owl(&model, &work, scenes, seed, threshold);
             let _ = std::fs::remove_dir_all(&work);
             print_owl_eval(&r?);
         }

@@ -163,14 +163,24 @@ mod tests {
         assert_eq!(kept[0].score, 0.9);
         assert_eq!(kept[1].score, 0.3);
         // A loose limit keeps overlapping boxes.
-        assert_eq!(nms(vec![sc(b(0.0, 0.0, 10.0), 0.6), sc(b(1.0, 0.0, 10.0), 0.9)], 0.95).len(), 2);
+        assert_eq!(
+            nms(
+                vec![sc(b(0.0, 0.0, 10.0), 0.6), sc(b(1.0, 0.0, 10.0), 0.9)],
+                0.95
+            )
+            .len(),
+            2
+        );
     }
 
     #[test]
     fn perfect_detections_give_ap_one() {
         let im = ImageDetections {
             truth: vec![(0, b(0.0, 0.0, 10.0)), (1, b(20.0, 20.0, 10.0))],
-            found: vec![(0, sc(b(0.0, 0.0, 10.0), 0.9)), (1, sc(b(20.0, 20.0, 10.0), 0.8))],
+            found: vec![
+                (0, sc(b(0.0, 0.0, 10.0), 0.9)),
+                (1, sc(b(20.0, 20.0, 10.0), 0.8)),
+            ],
         };
         let r = average_precision(&[im], 3, 0.5);
         assert_eq!(r.per_class, vec![Some(1.0), Some(1.0), None]);

@@ -463,9 +463,13 @@ pub fn build_pairs(
         let (chosen, rejected) = (cands[best].0, cands[worst].0);
         let parsed = parse_candidate(chosen, region);
         let refined = scores::refine(&parsed.text, &gt, &annotations, scoring.match_iou);
+        // The refined text keeps its phrases, so the detector's boxes for
+        // them stay in P.
+        let mut refined_preds = refined.boxes();
+        refined_preds.extend(cands[best].1.detections.iter().map(|d| d.bbox));
         let refined_loc = scores::localization_score(
             &gt,
-            &refined.boxes(),
+            &refined_preds,
             scoring.localization,
             scoring.match_iou,
         );

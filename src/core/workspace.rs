@@ -238,8 +238,8 @@ impl Workspace {
     }
 
     /// The candidates of `query_id` ranked best first at `lambda`, with the
-    /// localization score recomputed at `match_iou` from the stored boxes
-    /// (no model runs: this is instant).
+    /// localization score recomputed at `match_iou` from the stored boxes,
+    /// written and detected (no model runs: this is instant).
     pub fn ranking(&self, query_id: &str, lambda: f32, match_iou: f32) -> Vec<Ranked> {
         let Some(region) = self.region_index(query_id).map(|i| &self.regions[i]) else {
             return Vec::new();
@@ -251,7 +251,14 @@ impl Workspace {
             .into_iter()
             .map(|ci| {
                 let stored = self.scores.get(&self.candidates[ci].id);
-                let boxes = stored.map(|s| s.boxes.clone()).unwrap_or_default();
+                // Written boxes then the detector's, as `spr score` takes P.
+                let boxes: Vec<Bbox> = stored
+                    .map(|s| {
+                        let mut b = s.boxes.clone();
+                        b.extend(s.detections.iter().map(|d| d.bbox));
+                        b
+                    })
+                    .unwrap_or_default();
                 let loc = scores::localization_score(&gt, &boxes, variant, match_iou);
                 let components = Components {
                     semantic: stored.and_then(|s| s.semantic),

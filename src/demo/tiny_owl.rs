@@ -135,7 +135,11 @@ fn category_index() -> HashMap<String, usize> {
 /// The drawn, non-crowd objects of image `image` with at least half of
 /// their box inside `window`, clipped to it: `(class, box)` in image
 /// pixels.
-fn objects_in(project_ds: &crate::core::dataset::Dataset, image: usize, window: Bbox) -> Vec<(usize, Bbox)> {
+fn objects_in(
+    project_ds: &crate::core::dataset::Dataset,
+    image: usize,
+    window: Bbox,
+) -> Vec<(usize, Bbox)> {
     let classes = category_index();
     project_ds
         .objects_of(image)
@@ -170,7 +174,12 @@ fn example(
     input: u32,
 ) -> DetectionExample {
     let (square, side) = owl_square(rgb, window);
-    let image_px = image::imageops::resize(&square, input, input, image::imageops::FilterType::CatmullRom);
+    let image_px = image::imageops::resize(
+        &square,
+        input,
+        input,
+        image::imageops::FilterType::CatmullRom,
+    );
     DetectionExample {
         image: image_px,
         objects: objects_in(ds, image, window)
@@ -182,7 +191,12 @@ fn example(
 
 /// The training examples of a scene project: its regions' crops and
 /// `windows` random windows per scene.
-fn examples(project: &Project, windows: usize, seed: u64, input: u32) -> Result<Vec<DetectionExample>> {
+fn examples(
+    project: &Project,
+    windows: usize,
+    seed: u64,
+    input: u32,
+) -> Result<Vec<DetectionExample>> {
     let ds = project.load_dataset()?;
     let regions: Vec<RegionRecord> = super::tiny::read_all(&project.path(files::REGIONS))?;
     let mut by_image: HashMap<u64, Vec<&RegionRecord>> = HashMap::new();
@@ -203,7 +217,13 @@ fn examples(project: &Project, windows: usize, seed: u64, input: u32) -> Result<
             let (ww, wh) = ((side * aspect).min(w), (side / aspect).min(h));
             let x = rng.range_f32(0.0, (w - ww).max(0.0)).floor();
             let y = rng.range_f32(0.0, (h - wh).max(0.0)).floor();
-            out.push(example(&rgb, &ds, i, Bbox::from_xywh(x, y, ww.floor(), wh.floor()), input));
+            out.push(example(
+                &rgb,
+                &ds,
+                i,
+                Bbox::from_xywh(x, y, ww.floor(), wh.floor()),
+                input,
+            ));
         }
     }
     Ok(out)
@@ -281,7 +301,11 @@ pub fn make_tiny_owl(
     let clip = candle_core::safetensors::load(clip_dir.join("model.safetensors"), &device)
         .with_context(|| format!("reading {}", clip_dir.display()))?;
     let taken = owlv2::from_clip_weights(&mut weights, &clip)?;
-    anyhow::ensure!(taken > 0, "{}: no CLIP tensor fits the detector", clip_dir.display());
+    anyhow::ensure!(
+        taken > 0,
+        "{}: no CLIP tensor fits the detector",
+        clip_dir.display()
+    );
     // Only what the detector reads trains; the rest is carried to the file.
     let read: std::collections::HashSet<String> =
         crate::model::init::recorded_shapes(&device, |vb| Owlv2::new(vb, &cfg).map(|_| ()))?
@@ -383,9 +407,12 @@ pub fn evaluate_tiny_owl(
     let mut kept = Vec::new();
     let mut last: Option<(u64, RgbImage)> = None;
     for r in &regions {
-        let image = ds
-            .image_index(r.image_id)
-            .with_context(|| format!("region {}: image {} is not in the dataset", r.id, r.image_id))?;
+        let image = ds.image_index(r.image_id).with_context(|| {
+            format!(
+                "region {}: image {} is not in the dataset",
+                r.id, r.image_id
+            )
+        })?;
         if last.as_ref().is_none_or(|(id, _)| *id != r.image_id) {
             last = Some((r.image_id, imageio::load_rgb(&ds.image_path(image))?));
         }
@@ -410,7 +437,11 @@ pub fn evaluate_tiny_owl(
                 })
                 .collect();
             found.extend(nms(scored, settings.nms_iou).into_iter().map(|d| (c, d)));
-            found_kept.extend(det.select(patches, side, r.crop).into_iter().map(|d| (c, d)));
+            found_kept.extend(
+                det.select(patches, side, r.crop)
+                    .into_iter()
+                    .map(|d| (c, d)),
+            );
         }
         all.push(ImageDetections {
             truth: truth.clone(),
@@ -475,7 +506,12 @@ mod tests {
         let b = Bbox::new(30.0, 40.0, 50.0, 60.0);
         let sq = square_from_image(b, window, 100.0);
         let back = crate::scoring::detector::image_from_square(sq, 100.0, window);
-        for (x, y) in [(back.x1, b.x1), (back.y1, b.y1), (back.x2, b.x2), (back.y2, b.y2)] {
+        for (x, y) in [
+            (back.x1, b.x1),
+            (back.y1, b.y1),
+            (back.x2, b.x2),
+            (back.y2, b.y2),
+        ] {
             assert!((x - y).abs() < 1e-4, "{back:?} vs {b:?}");
         }
     }
@@ -490,7 +526,11 @@ mod tests {
         assert_eq!(q.ids.len(), 16);
         // A category query covers one class; a shape query its 3 colours.
         assert_eq!(q.covers[0].iter().filter(|&&c| c).count(), 1);
-        assert_eq!(q.covers[12].iter().filter(|&&c| c).count(), 3, "three colours");
+        assert_eq!(
+            q.covers[12].iter().filter(|&&c| c).count(),
+            3,
+            "three colours"
+        );
         assert!(q.covers[12][0] && q.covers[12][4] && q.covers[12][8]);
     }
 }

@@ -162,8 +162,7 @@ impl Owlv2 {
                 what: "OWLv2 model folder",
             });
         }
-        let cfg: ClipConfig =
-            super::config::read_config_file(&dir.join("config.json"), validate)?;
+        let cfg: ClipConfig = super::config::read_config_file(&dir.join("config.json"), validate)?;
         let err = |source| ModelError::Weights {
             path: dir.to_path_buf(),
             source,
@@ -239,12 +238,10 @@ pub fn random_weights(
     seed: u64,
     device: &Device,
 ) -> Result<std::collections::HashMap<String, Tensor>> {
-    let shapes = super::init::recorded_shapes(device, |vb| {
-        Owlv2::new(vb, cfg).map(|_| ())
-    })?;
+    let shapes = super::init::recorded_shapes(device, |vb| Owlv2::new(vb, cfg).map(|_| ()))?;
     let class_std = (cfg.vision_config.hidden_size as f32).powf(-0.5);
     let mut out = super::init::default_init(shapes, seed, class_std, device, |_| None)?;
-    let mut rng = crate::core::rng::SplitMix64::new(seed ^ 0x0b1e_c7);
+    let mut rng = crate::core::rng::SplitMix64::new(seed ^ 0x000b_1ec7);
     let (p, h) = (cfg.projection_dim, cfg.vision_config.hidden_size);
     let proj: Vec<f32> = (0..p * h)
         .map(|_| 0.02 * super::init::standard_normal(&mut rng))
@@ -320,7 +317,8 @@ pub fn resize_positions(positions: &Tensor, new_g: usize) -> Result<Tensor> {
     let rows: Vec<Vec<f32>> = positions.to_dtype(DType::F32)?.to_vec2()?;
     let mut out = Vec::with_capacity((1 + new_g * new_g) * h);
     out.extend_from_slice(&rows[0]);
-    let src = |v: usize| ((v as f32 + 0.5) * g as f32 / new_g as f32 - 0.5).clamp(0.0, (g - 1) as f32);
+    let src =
+        |v: usize| ((v as f32 + 0.5) * g as f32 / new_g as f32 - 0.5).clamp(0.0, (g - 1) as f32);
     for y in 0..new_g {
         let fy = src(y);
         let (y0, wy) = (fy.floor() as usize, fy - fy.floor());
@@ -337,7 +335,11 @@ pub fn resize_positions(positions: &Tensor, new_g: usize) -> Result<Tensor> {
             }
         }
     }
-    Ok(Tensor::from_vec(out, (1 + new_g * new_g, h), positions.device())?)
+    Ok(Tensor::from_vec(
+        out,
+        (1 + new_g * new_g, h),
+        positions.device(),
+    )?)
 }
 
 /// Writes an `Owlv2ForObjectDetection` folder transformers and
@@ -398,6 +400,8 @@ mod tests {
         // Same size: unchanged.
         let same = resize_positions(&t, 2).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(same, t.to_vec2::<f32>().unwrap());
-        assert!(resize_positions(&Tensor::zeros((4, 1), DType::F32, &Device::Cpu).unwrap(), 2).is_err());
+        assert!(
+            resize_positions(&Tensor::zeros((4, 1), DType::F32, &Device::Cpu).unwrap(), 2).is_err()
+        );
     }
 }

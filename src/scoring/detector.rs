@@ -73,6 +73,13 @@ pub struct OwlDetector {
     last_image: Mutex<Option<(String, RgbImage)>>,
 }
 
+/// One patch's answer to one phrase: class probability and its box
+/// `(cx, cy, w, h)` in 0–1 of the square input.
+pub type PatchScore = (f32, [f32; 4]);
+
+/// Every patch's answer to one phrase.
+pub type PhrasePatches = Vec<PatchScore>;
+
 /// The crop of `image` padded to a square at its bottom and right, as OWLv2
 /// sees it, and the square's side in crop pixels.
 pub fn owl_square(image: &RgbImage, crop: Bbox) -> (RgbImage, f32) {
@@ -84,7 +91,9 @@ pub fn owl_square(image: &RgbImage, crop: Bbox) -> (RgbImage, f32) {
 }
 
 /// `(cx, cy, w, h)` in 0–1 of a square of `side` pixels whose top-left is
-/// the crop's → image pixels.
+/// the crop's → image pixels, cut to the crop: the detector saw only the
+/// crop (grey padding beyond it), so a box reaching into the padding is
+/// evidence only for its part inside.
 pub fn image_from_square(cxcywh: [f32; 4], side: f32, crop: Bbox) -> Bbox {
     let [cx, cy, w, h] = cxcywh;
     let x0 = crop.x1.floor().max(0.0);
@@ -95,6 +104,7 @@ pub fn image_from_square(cxcywh: [f32; 4], side: f32, crop: Bbox) -> Bbox {
         (cx + 0.5 * w) * side + x0,
         (cy + 0.5 * h) * side + y0,
     )
+    .intersection(crop)
 }
 
 impl OwlDetector {
@@ -194,7 +204,7 @@ impl OwlDetector {
         &self,
         pixels: &Tensor,
         phrases: &[String],
-    ) -> Result<Vec<Vec<(f32, [f32; 4])>>, String> {
+    ) -> Result<Vec<PhrasePatches>, String> {
         let err = |e: ModelError| e.to_string();
         let cerr = |e: candle_core::Error| e.to_string();
         let feats = self.model.image_features(pixels).map_err(err)?;
@@ -229,7 +239,7 @@ impl OwlDetector {
 
     /// The kept detections of one phrase (threshold, NMS, cap), in image
     /// pixels.
-    pub fn select(&self, patches: &[(f32, [f32; 4])], side: f32, crop: Bbox) -> Vec<Scored> {
+    pub fn select(&self, patches: &[PatchScore], side: f32, crop: Bbox) -> Vec<Scored> {
         let s = self.settings;
         let above: Vec<Scored> = patches
             .iter()
@@ -343,6 +353,9 @@ mod tests {
         let crop = Bbox::new(100.0, 50.0, 140.0, 70.0);
         let b = image_from_square([0.5, 0.25, 0.5, 0.5], 40.0, crop);
         assert_eq!(b, Bbox::new(110.0, 50.0, 130.0, 70.0));
+        // Reaching into the padding below the crop: cut at its bottom.
+        let b = image_from_square([0.5, 0.6, 0.5, 0.5], 40.0, crop);
+        assert_eq!(b, Bbox::new(110.0, 64.0, 130.0, 70.0));
         let img = RgbImage::from_pixel(200, 100, image::Rgb([10, 20, 30]));
         let (sq, side) = owl_square(&img, crop);
         assert_eq!((sq.width(), sq.height(), side), (40, 40, 40.0));

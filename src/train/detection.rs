@@ -104,7 +104,8 @@ const FOCAL_ALPHA: f64 = 0.25;
 fn focal_loss(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
     let p = candle_nn::ops::sigmoid(logits)?;
     // Binary cross-entropy with logits, stable: max(x, 0) − x·t + ln(1 + e^−|x|).
-    let ce = ((logits.relu()? - (logits * targets)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    let ce =
+        ((logits.relu()? - (logits * targets)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
     let one_minus_t = targets.affine(-1.0, 1.0)?;
     let p_t = ((&p * targets)? + (p.affine(-1.0, 1.0)? * &one_minus_t)?)?;
     let alpha_t = targets.affine(2.0 * FOCAL_ALPHA - 1.0, 1.0 - FOCAL_ALPHA)?;
@@ -188,7 +189,9 @@ fn assign(
             };
             let l1: f32 = (0..4).map(|i| (b[i] - target[i]).abs()).sum();
             cost.push(
-                -(W_CLASS as f32) * prob + W_L1 as f32 * l1 + W_GIOU as f32 * (1.0 - giou(b, *target)),
+                -(W_CLASS as f32) * prob
+                    + W_L1 as f32 * l1
+                    + W_GIOU as f32 * (1.0 - giou(b, *target)),
             );
         }
     }
@@ -300,7 +303,8 @@ pub fn train(
             }
         }
         let n = matched.len().max(1) as f64;
-        let class_t = Tensor::from_vec(class_t, (b, p, nq), &device)?.to_dtype(det.logits.dtype())?;
+        let class_t =
+            Tensor::from_vec(class_t, (b, p, nq), &device)?.to_dtype(det.logits.dtype())?;
         let obj_t = Tensor::from_vec(obj_t, (b, p), &device)?.to_dtype(det.logits.dtype())?;
         let class_loss = (focal_loss(&det.logits, &class_t)? / n)?;
         let obj_loss = (focal_loss(&det.objectness, &obj_t)? / n)?;
@@ -310,8 +314,7 @@ pub fn train(
             let m = matched.len();
             let at = Tensor::from_vec(matched, m, &device)?;
             let pred = det.boxes.reshape((b * p, 4))?.index_select(&at, 0)?;
-            let target =
-                Tensor::from_vec(target_boxes, (m, 4), &device)?.to_dtype(pred.dtype())?;
+            let target = Tensor::from_vec(target_boxes, (m, 4), &device)?.to_dtype(pred.dtype())?;
             let l1 = ((&pred - &target)?.abs()?.sum_all()? / n)?;
             let gl = (giou_loss(&pred, &target)? / n)?;
             l1v = f64::from(l1.to_dtype(DType::F32)?.to_scalar::<f32>()?);
@@ -383,10 +386,16 @@ mod tests {
         let a = [0.3, 0.5, 0.2, 0.2];
         let b = [0.5, 0.5, 0.2, 0.2];
         assert!(giou(a, b).abs() < 1e-5);
-        let p = Tensor::new(&[[0.3f32, 0.5, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2]], &Device::Cpu)
-            .unwrap();
-        let t = Tensor::new(&[[0.5f32, 0.5, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2]], &Device::Cpu)
-            .unwrap();
+        let p = Tensor::new(
+            &[[0.3f32, 0.5, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let t = Tensor::new(
+            &[[0.5f32, 0.5, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2]],
+            &Device::Cpu,
+        )
+        .unwrap();
         // 1 − 0 plus 1 − 1.
         assert!((scalar(giou_loss(&p, &t).unwrap()) - 1.0).abs() < 1e-5);
     }
@@ -398,9 +407,11 @@ mod tests {
     fn training_fits_one_image() {
         use candle_nn::VarBuilder;
         use std::collections::HashMap;
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-owlv2");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-owlv2");
         let cfg: crate::model::ClipConfig =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
         let weights =
             candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
         let vars: Vec<(String, Var)> = weights
@@ -411,8 +422,11 @@ mod tests {
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .collect();
-        let model = Owlv2::new(VarBuilder::from_tensors(map, DType::F32, &Device::Cpu), &cfg)
-            .unwrap();
+        let model = Owlv2::new(
+            VarBuilder::from_tensors(map, DType::F32, &Device::Cpu),
+            &cfg,
+        )
+        .unwrap();
         let image = RgbImage::from_fn(64, 64, |x, y| {
             if (8..24).contains(&x) && (8..24).contains(&y) {
                 image::Rgb([220, 30, 30])
@@ -424,7 +438,10 @@ mod tests {
         });
         let examples = vec![DetectionExample {
             image,
-            objects: vec![(0, [0.25, 0.25, 0.25, 0.25]), (1, [0.75, 0.625, 0.375, 0.3125])],
+            objects: vec![
+                (0, [0.25, 0.25, 0.25, 0.25]),
+                (1, [0.75, 0.625, 0.375, 0.3125]),
+            ],
         }];
         let processor = ImageProcessor::for_vision(&cfg.vision_config);
         let queries = |_: &mut SplitMix64| QueryBatch {
@@ -439,11 +456,25 @@ mod tests {
             weight_decay: 0.0,
             seed: 1,
         };
-        let steps = train(&model, vars, &examples, &processor, queries, &cfg_train, |_| {}).unwrap();
+        let steps = train(
+            &model,
+            vars,
+            &examples,
+            &processor,
+            queries,
+            &cfg_train,
+            |_| {},
+        )
+        .unwrap();
         let first = steps[..3].iter().map(|s| s.loss).sum::<f64>() / 3.0;
         let last = steps[37..].iter().map(|s| s.loss).sum::<f64>() / 3.0;
         assert!(last < 0.5 * first, "loss {first} → {last}");
-        assert!(steps[39].l1 < steps[0].l1, "L1 {} → {}", steps[0].l1, steps[39].l1);
+        assert!(
+            steps[39].l1 < steps[0].l1,
+            "L1 {} → {}",
+            steps[0].l1,
+            steps[39].l1
+        );
     }
 
     #[test]

@@ -13,8 +13,8 @@
 //! - [`tune_allocator`]: malloc settings for a training process.
 
 pub mod contrastive;
-pub mod detection;
 pub mod data;
+pub mod detection;
 pub mod objectives;
 pub mod schedule;
 pub mod trainer;

@@ -80,10 +80,14 @@ impl AdamW {
                 continue;
             };
             let dtype = var.dtype();
-            let g = g.to_dtype(DType::F32)?;
-            let m = ((&self.m[i] * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
-            let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
-            let p = var.as_tensor().to_dtype(DType::F32)?;
+            // A variable's gradient can still hold the step's graph (candle
+            // detaches the gradients it passes down, not the ones it
+            // leaves at variables); the moments must not, or every step's
+            // activations stay alive through them.
+            let g = g.detach().to_dtype(DType::F32)?;
+            let m = ((&self.m[i] * self.beta1)? + (&g * (1.0 - self.beta1))?)?.detach();
+            let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?.detach();
+            let p = var.as_tensor().detach().to_dtype(DType::F32)?;
             let p = (&p * (1.0 - lr * self.weight_decay))?;
             let denom = ((v.sqrt()? / bc2_sqrt)? + self.eps)?;
             let p = (p - (m.div(&denom)? * (lr / bc1))?)?;

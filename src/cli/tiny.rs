@@ -26,6 +26,10 @@ pub enum TinyCommand {
         /// Seed of the scenes (the demo project's is 2025).
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Also REC rows on whole scenes (as the demo's REC set asks), not
+        /// only on region crops.
+        #[arg(long)]
+        whole_scenes: bool,
     },
     /// Tokenizer trained on a corpus + tiny config + random weights → a
     /// llava-hf model folder.
@@ -39,6 +43,11 @@ pub enum TinyCommand {
         /// Seed of the weights.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Take the vision tower (configuration and trained weights) from
+        /// this CLIPModel or Owlv2ForObjectDetection folder instead of a
+        /// random 112-px one.
+        #[arg(long)]
+        vision_from: Option<PathBuf>,
     },
     /// Write the files transformers' AutoProcessor needs (tokenizer and
     /// processor configs, chat template) into a tiny model folder.
@@ -173,19 +182,39 @@ fn print_owl_eval(r: &crate::demo::tiny_owl::OwlEvalReport) {
 pub fn run(cmd: TinyCommand) -> Result<()> {
     use crate::demo::tiny;
     match cmd {
-        TinyCommand::Data { out, scenes, seed } => {
-            let s = tiny::write_sft_data(&out, &tiny::SftDataConfig { scenes, seed })?;
+        TinyCommand::Data {
+            out,
+            scenes,
+            seed,
+            whole_scenes,
+        } => {
+            let cfg = tiny::SftDataConfig {
+                scenes,
+                seed,
+                whole_scenes,
+            };
+            let s = tiny::write_sft_data(&out, &cfg)?;
             println!(
-                "tiny data: {} description rows + {} REC rows → {}",
+                "tiny data: {} description rows + {} REC rows ({} on whole scenes) → {}",
                 s.descriptions,
                 s.rec,
+                s.scene_rec,
                 s.file.display()
             );
         }
-        TinyCommand::Init { corpus, out, seed } => {
-            let n = tiny::init_model(&out, &corpus, seed)?;
+        TinyCommand::Init {
+            corpus,
+            out,
+            seed,
+            vision_from,
+        } => {
+            let n = tiny::init_model(&out, &corpus, seed, vision_from.as_deref())?;
+            let tower = match &vision_from {
+                Some(dir) => format!("vision tower from {}, the rest random", dir.display()),
+                None => "random".into(),
+            };
             println!(
-                "tiny init: {:.2}M parameters (random) → {}",
+                "tiny init: {:.2}M parameters ({tower}) → {}",
                 n as f64 / 1e6,
                 out.display()
             );

@@ -50,6 +50,26 @@ pub const TINY_IMAGE: usize = 112;
 /// 4 heads, CLIP 112 px / patch 14 (64 image tokens) / 3 layers / hidden
 /// 128, LLaVA-1.5's GELU MLP projector. About 4.2M parameters.
 pub fn tiny_config(vocab_size: usize, image_token: u32, pad_token: u32) -> Result<LlavaConfig> {
+    tiny_config_with(vocab_size, image_token, pad_token, tiny_vision_config())
+}
+
+/// The tiny model's own vision tower: 112 px, patch 14, 3 layers, hidden
+/// 128.
+fn tiny_vision_config() -> serde_json::Value {
+    serde_json::json!({
+        "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "image_size": TINY_IMAGE, "patch_size": 14,
+        "hidden_act": "quick_gelu"
+    })
+}
+
+/// [`tiny_config`] with another vision tower configuration.
+fn tiny_config_with(
+    vocab_size: usize,
+    image_token: u32,
+    pad_token: u32,
+    vision: serde_json::Value,
+) -> Result<LlavaConfig> {
     serde_json::from_value(serde_json::json!({
         "text_config": {
             "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
@@ -57,11 +77,7 @@ pub fn tiny_config(vocab_size: usize, image_token: u32, pad_token: u32) -> Resul
             "max_position_embeddings": 512, "rms_norm_eps": 1e-5,
             "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": pad_token
         },
-        "vision_config": {
-            "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 3,
-            "num_attention_heads": 4, "image_size": TINY_IMAGE, "patch_size": 14,
-            "hidden_act": "quick_gelu"
-        },
+        "vision_config": vision,
         "image_token_index": image_token,
         "pad_token_id": pad_token,
         "projector_hidden_act": "gelu"
@@ -76,6 +92,10 @@ pub struct SftDataConfig {
     pub scenes: usize,
     /// Seed of the scenes (the demo project uses 2025; keep them apart).
     pub seed: u64,
+    /// Also REC rows on whole scenes (every object whose category is
+    /// unique in its scene, as the demo's REC set asks), not only on
+    /// region crops.
+    pub whole_scenes: bool,
 }
 
 impl Default for SftDataConfig {
@@ -83,6 +103,7 @@ impl Default for SftDataConfig {
         Self {
             scenes: 300,
             seed: 7,
+            whole_scenes: false,
         }
     }
 }
@@ -94,8 +115,10 @@ pub struct SftDataSummary {
     pub file: PathBuf,
     /// Description rows.
     pub descriptions: usize,
-    /// REC rows.
+    /// REC rows (region crops and, with `whole_scenes`, whole scenes).
     pub rec: usize,
+    /// Of [`Self::rec`], the rows on whole scenes.
+    pub scene_rec: usize,
 }
 
 /// File names inside a [`write_sft_data`] folder.
@@ -215,6 +238,37 @@ pub fn write_sft_data(out: &Path, cfg: &SftDataConfig) -> Result<SftDataSummary>
             rec += 1;
         }
     }
+    let mut scene_rec = 0;
+    if cfg.whole_scenes {
+        for (i, info) in ds.images.iter().enumerate() {
+            let rel = format!(
+                "{}/{}",
+                sft_files::SCENES,
+                Path::new(&project.config.dataset.image_root)
+                    .join(&info.file_name)
+                    .display()
+            );
+            for (o, name) in unique_objects(&ds, i) {
+                let answer = GroundedText {
+                    pieces: vec![
+                        Piece::Object {
+                            phrase: format!("the {name}"),
+                            boxes: vec![ds.objects.bbox[o]],
+                        },
+                        Piece::Text(".".into()),
+                    ],
+                };
+                let answer = grounded::render(
+                    &answer,
+                    BoxFormat::Ferret,
+                    info.width as f32,
+                    info.height as f32,
+                );
+                push(&mut rows, &mut corpus, &rel, &rec_prompt(&name), &answer);
+                scene_rec += 1;
+            }
+        }
+    }
     for c in &candidates {
         corpus.push_str(&c.text);
         corpus.push('\n');
@@ -229,17 +283,47 @@ pub fn write_sft_data(out: &Path, cfg: &SftDataConfig) -> Result<SftDataSummary>
     Ok(SftDataSummary {
         file,
         descriptions,
-        rec,
+        rec: rec + scene_rec,
+        scene_rec,
     })
+}
+
+/// The objects of image `i` a whole-scene REC question can name: not
+/// crowds, at least SPR's 300 px², their category unique among those (the
+/// rule of the demo's REC set); with their category names.
+fn unique_objects(ds: &crate::core::dataset::Dataset, i: usize) -> Vec<(usize, String)> {
+    let usable: Vec<usize> = ds
+        .objects_of(i)
+        .filter(|&o| !ds.objects.crowd[o] && ds.objects.bbox[o].area() >= 300.0)
+        .collect();
+    usable
+        .iter()
+        .filter(|&&o| {
+            usable
+                .iter()
+                .filter(|&&p| ds.objects.category[p] == ds.objects.category[o])
+                .count()
+                == 1
+        })
+        .map(|&o| (o, ds.category_name(o).to_string()))
+        .collect()
 }
 
 /// Writes an untrained tiny model into `out`: a tokenizer trained on the
 /// lines of `corpus` (see [`sft_files::CORPUS`]), [`tiny_config`], weights
-/// drawn from `seed`, a processor config that resizes to 112×112 without
-/// cropping (region crops are not square; a centre crop would cut off
-/// objects the text mentions) and a generation config. Returns the
-/// parameter count.
-pub fn init_model(out: &Path, corpus: &Path, seed: u64) -> Result<usize> {
+/// drawn from `seed`, a processor config that resizes to the tower's side
+/// without cropping (region crops are not square; a centre crop would cut
+/// off objects the text mentions) and a generation config. With
+/// `vision_from` (a `CLIPModel` or `Owlv2ForObjectDetection` folder) the
+/// vision tower is that model's, configuration and trained weights: a
+/// tower that already tells shapes and colours apart (and, from OWLv2,
+/// where they are). Returns the parameter count.
+pub fn init_model(
+    out: &Path,
+    corpus: &Path,
+    seed: u64,
+    vision_from: Option<&Path>,
+) -> Result<usize> {
     let text =
         std::fs::read_to_string(corpus).with_context(|| format!("reading {}", corpus.display()))?;
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
@@ -251,17 +335,38 @@ pub fn init_model(out: &Path, corpus: &Path, seed: u64) -> Result<usize> {
     let pad = tokenizer
         .token_to_id("<pad>")
         .context("the tokenizer lacks <pad>")?;
-    let cfg = tiny_config(tokenizer.get_vocab_size(true), image, pad)?;
-    let weights = random_weights(&cfg, seed, &Device::Cpu)?;
+    let tower = vision_from.map(read_tower).transpose()?;
+    let vision = match &tower {
+        Some(t) => t.config.clone(),
+        None => tiny_vision_config(),
+    };
+    let cfg = tiny_config_with(tokenizer.get_vocab_size(true), image, pad, vision)?;
+    let mut weights = random_weights(&cfg, seed, &Device::Cpu)?;
+    if let Some(t) = tower {
+        for (name, tensor) in t.weights {
+            let slot = weights.get_mut(&name).with_context(|| {
+                format!("{}: the tower's `{name}` has no place in LLaVA", t.source)
+            })?;
+            anyhow::ensure!(
+                slot.dims() == tensor.dims(),
+                "{}: `{name}` is {:?}, LLaVA's is {:?}",
+                t.source,
+                tensor.dims(),
+                slot.dims()
+            );
+            *slot = tensor;
+        }
+    }
     save_model(out, &cfg, &weights)?;
     tokenizer
         .save(out.join("tokenizer.json"), true)
         .map_err(|e| anyhow::anyhow!("writing the tokenizer: {e}"))?;
+    let side = cfg.vision_config.image_size;
     let mean = crate::model::processor::CLIP_MEAN;
     let std = crate::model::processor::CLIP_STD;
     let processor = serde_json::json!({
         "do_resize": true,
-        "size": {"height": TINY_IMAGE, "width": TINY_IMAGE},
+        "size": {"height": side, "width": side},
         "do_center_crop": false,
         "do_rescale": true,
         "rescale_factor": 1.0 / 255.0,
@@ -283,6 +388,68 @@ pub fn init_model(out: &Path, corpus: &Path, seed: u64) -> Result<usize> {
     }
     write_transformers_files(out)?;
     Ok(weights.values().map(|t| t.elem_count()).sum())
+}
+
+/// A trained vision tower taken from another model folder.
+struct Tower {
+    source: String,
+    /// LLaVA's `vision_config`.
+    config: serde_json::Value,
+    /// Under LLaVA's names (`vision_tower.vision_model.…`).
+    weights: Vec<(String, Tensor)>,
+}
+
+/// The vision tower of a `CLIPModel` (`vision_model.…`) or an
+/// `Owlv2ForObjectDetection` (`owlv2.vision_model.…`, `pre_layernorm`)
+/// folder, renamed into LLaVA's layout (`pre_layrnorm`, as transformers'
+/// `CLIPVisionModel` spells it).
+fn read_tower(dir: &Path) -> Result<Tower> {
+    let source = dir.display().to_string();
+    let cfg_path = dir.join("config.json");
+    let cfg: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", cfg_path.display()))?;
+    let v = cfg
+        .get("vision_config")
+        .with_context(|| format!("{}: no vision_config", cfg_path.display()))?;
+    let mut config = serde_json::Map::new();
+    for key in [
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "image_size",
+        "patch_size",
+        "hidden_act",
+        "layer_norm_eps",
+    ] {
+        if let Some(x) = v.get(key) {
+            config.insert(key.to_string(), x.clone());
+        }
+    }
+    let file = dir.join(crate::model::hub::WEIGHTS_FILE);
+    let tensors = candle_core::safetensors::load(&file, &Device::Cpu)
+        .with_context(|| format!("reading {}", file.display()))?;
+    let mut weights = Vec::new();
+    for (name, tensor) in tensors {
+        let rest = name
+            .strip_prefix("owlv2.vision_model.")
+            .or_else(|| name.strip_prefix("vision_model."));
+        let Some(rest) = rest else { continue };
+        let rest = rest.replace("pre_layernorm", "pre_layrnorm");
+        weights.push((format!("vision_tower.vision_model.{rest}"), tensor));
+    }
+    anyhow::ensure!(
+        !weights.is_empty(),
+        "{source}: no vision tower weights (vision_model.… or owlv2.vision_model.…)"
+    );
+    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(Tower {
+        source,
+        config: serde_json::Value::Object(config),
+        weights,
+    })
 }
 
 /// LLaVA-1.5's chat template (llava-hf's), as transformers' processor

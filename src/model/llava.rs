@@ -203,12 +203,18 @@ impl Llava {
     }
 
     /// Loads a llava-hf model folder for full fine-tuning: every
-    /// language-model and projector weight becomes a trainable [`Var`] (the
-    /// vision tower stays frozen, as LLaVA's own training keeps it). The
+    /// language-model and projector weight becomes a trainable [`Var`], and
+    /// with `vision` the tower's too (without it the tower stays frozen, as
+    /// LLaVA's own training keeps it). The
     /// returned [`FullWeights`] holds all tensors under llava-hf's canonical
     /// names, the trainable ones shared with the vars, so saving it writes
     /// the current weights.
-    pub fn load_full(dir: &Path, device: &Device, dtype: DType) -> Result<(Self, FullWeights)> {
+    pub fn load_full(
+        dir: &Path,
+        device: &Device,
+        dtype: DType,
+        vision: bool,
+    ) -> Result<(Self, FullWeights)> {
         if !dir.is_dir() {
             return Err(ModelError::MissingPath {
                 path: dir.to_path_buf(),
@@ -239,7 +245,7 @@ impl Llava {
                 })
                 .unwrap_or(name);
             let tensor = tensor.to_dtype(dtype)?;
-            let tensor = if FullWeights::is_trainable(&name) {
+            let tensor = if FullWeights::is_trainable(&name, vision) {
                 let var = Var::from_tensor(&tensor)?;
                 let shared = var.as_tensor().clone();
                 trainable.push((name.clone(), var));
@@ -652,9 +658,12 @@ pub struct FullWeights {
 
 impl FullWeights {
     /// Whether full fine-tuning trains the tensor `name` (canonical
-    /// llava-hf name): the language model and the projector.
-    pub fn is_trainable(name: &str) -> bool {
-        name.starts_with("language_model.") || name.starts_with("multi_modal_projector.")
+    /// llava-hf name): the language model and the projector, and with
+    /// `vision` the vision tower.
+    pub fn is_trainable(name: &str, vision: bool) -> bool {
+        name.starts_with("language_model.")
+            || name.starts_with("multi_modal_projector.")
+            || (vision && name.starts_with("vision_tower."))
     }
 
     /// Writes the whole model (current weights) as a llava-hf folder:
@@ -714,9 +723,9 @@ impl LlavaBundle {
 
     /// Loads `source` for full fine-tuning ([`Llava::load_full`]) in the
     /// device's default dtype.
-    pub fn load_full(source: &str, device: &Device) -> Result<(Self, FullWeights)> {
+    pub fn load_full(source: &str, device: &Device, vision: bool) -> Result<(Self, FullWeights)> {
         let dir = resolve_model(source, &HubOptions::default())?;
-        let (model, weights) = Llava::load_full(&dir, device, default_dtype(device))?;
+        let (model, weights) = Llava::load_full(&dir, device, default_dtype(device), vision)?;
         Ok((Self::assemble(source, dir, model)?, weights))
     }
 

@@ -357,6 +357,17 @@ pub enum Tune {
     /// Every language-model and projector weight (the vision tower stays
     /// frozen). For small models: memory grows with the model.
     Full,
+    /// Every weight, the vision tower's too: image features are recomputed
+    /// every step instead of cached. For small models whose tower has to
+    /// learn (a tiny base model that localizes).
+    FullVision,
+}
+
+impl Tune {
+    /// Whether every language-model and projector weight trains.
+    pub fn is_full(self) -> bool {
+        matches!(self, Tune::Full | Tune::FullVision)
+    }
 }
 
 impl std::str::FromStr for Tune {
@@ -366,7 +377,10 @@ impl std::str::FromStr for Tune {
         match s {
             "lora" => Ok(Tune::Lora),
             "full" => Ok(Tune::Full),
-            other => Err(format!("unknown tuning `{other}` (expected lora or full)")),
+            "full-vision" | "full_vision" => Ok(Tune::FullVision),
+            other => Err(format!(
+                "unknown tuning `{other}` (expected lora, full or full-vision)"
+            )),
         }
     }
 }

@@ -15,12 +15,24 @@ use crate::model::LlavaBundle;
 use crate::train::data::{self, Batch, PairExample};
 use crate::train::objectives::{self, LogpSums};
 
-/// Per-image features, computed once: projected ones, or with
-/// `project_each_step` (full fine-tuning, where the projector trains) the
-/// tower's output, projected per batch.
+/// What [`FeatureCache`] keeps per image, by what trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum FeatureMode {
+    /// Projected features (LoRA: tower and projector frozen).
+    Projected,
+    /// The tower's output, projected per batch (full fine-tuning: the
+    /// projector trains).
+    ProjectEachStep,
+    /// The preprocessed pixels, through tower and projector per batch (the
+    /// tower trains too).
+    TowerEachStep,
+}
+
+/// Per-image inputs of the language model, computed once: see
+/// [`FeatureMode`].
 pub(super) struct FeatureCache {
     pub(super) map: HashMap<String, Tensor>,
-    pub(super) project_each_step: bool,
+    pub(super) mode: FeatureMode,
 }
 
 impl FeatureCache {
@@ -38,10 +50,10 @@ impl FeatureCache {
             .preprocess(&DynamicImage::ImageRgb8(rgb), bundle.model.device())?
             .unsqueeze(0)?
             .to_dtype(bundle.model.dtype())?;
-        let feats = if self.project_each_step {
-            bundle.model.vision_features(&pixels)?
-        } else {
-            bundle.model.image_features(&pixels)?
+        let feats = match self.mode {
+            FeatureMode::Projected => bundle.model.image_features(&pixels)?,
+            FeatureMode::ProjectEachStep => bundle.model.vision_features(&pixels)?,
+            FeatureMode::TowerEachStep => pixels,
         }
         .detach();
         self.map.insert(key, feats.clone());
@@ -57,10 +69,10 @@ impl FeatureCache {
             .map(|im| self.get(bundle, im))
             .collect::<Result<Vec<_>>>()?;
         let once = Tensor::cat(&each, 0)?;
-        let once = if self.project_each_step {
-            bundle.model.project(&once)?
-        } else {
-            once
+        let once = match self.mode {
+            FeatureMode::Projected => once,
+            FeatureMode::ProjectEachStep => bundle.model.project(&once)?,
+            FeatureMode::TowerEachStep => bundle.model.image_features(&once)?,
         };
         if batch.chosen_only {
             return Ok(once);

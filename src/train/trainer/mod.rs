@@ -60,7 +60,7 @@ pub use crate::core::runs::files;
 
 use adamw::AdamW;
 use checkpoint::{load_full_weights, save_checkpoint, TrainerState};
-use logps::{batch_logps, reference_logps, FeatureCache};
+use logps::{batch_logps, reference_logps, FeatureCache, FeatureMode};
 
 /// Errors of the trainer. Each names the file or step involved.
 #[derive(Debug, thiserror::Error)]
@@ -363,8 +363,9 @@ impl Trainer {
                 bundle.model.add_lora(&lora_config(cfg), cfg.seed)?;
                 (bundle, None)
             }
-            Tune::Full => {
-                let (bundle, weights) = LlavaBundle::load_full(&cfg.model, &device)?;
+            Tune::Full | Tune::FullVision => {
+                let vision = cfg.tune == Tune::FullVision;
+                let (bundle, weights) = LlavaBundle::load_full(&cfg.model, &device, vision)?;
                 (bundle, Some(weights))
             }
         };
@@ -426,7 +427,11 @@ impl Trainer {
         };
         let mut features = FeatureCache {
             map: HashMap::new(),
-            project_each_step: full.is_some(),
+            mode: match cfg.tune {
+                Tune::Lora => FeatureMode::Projected,
+                Tune::Full => FeatureMode::ProjectEachStep,
+                Tune::FullVision => FeatureMode::TowerEachStep,
+            },
         };
         // Supervised steps need no reference model.
         let refs = if sft {
@@ -786,13 +791,29 @@ fn load_dataset(
     segmenter: Option<&dyn crate::core::segment::Segmenter>,
 ) -> Result<data::PairDataset> {
     use crate::core::project::{files as project_files, Project};
-    if data.is_dir() && data.join(project_files::CONFIG).is_file() {
-        let project = Project::open(data).map_err(|e| TrainError::Config {
+    // A project folder (its pairs.jsonl), or a `pairs*.jsonl` file lying
+    // in one (`spr pairs --out`, e.g. one file per λ).
+    let in_project = |dir: &Path| {
+        let named_pairs = data
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("pairs"));
+        named_pairs && data.is_file() && dir.join(project_files::CONFIG).is_file()
+    };
+    let project_pairs = if data.is_dir() && data.join(project_files::CONFIG).is_file() {
+        Some((data.to_path_buf(), data.join(project_files::PAIRS)))
+    } else {
+        data.parent()
+            .filter(|dir| in_project(dir))
+            .map(|dir| (dir.to_path_buf(), data.to_path_buf()))
+    };
+    if let Some((dir, pairs)) = project_pairs {
+        let project = Project::open(&dir).map_err(|e| TrainError::Config {
             field: "data",
             message: e.to_string(),
         })?;
         Ok(data::load_project_pairs(
-            &project.path(project_files::PAIRS),
+            &pairs,
             &project.image_root(),
             &project.config.export.prompt,
             tokenizer,

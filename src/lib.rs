@@ -11,6 +11,8 @@
 //!   evaluation, in candle.
 //! - [`scoring`]: model-backed scorers (CLIP's semantic score), in candle.
 //! - [`demo`]: the synthetic demo-project generator, on top of the core.
+//! - [`experiment`]: `spr experiment`, SPR's experiment end to end (the
+//!   stages as `spr` child processes, the report and its plot).
 //! - [`bench`]: benchmark drivers that print figures (never timed tests).
 //! - [`app`]: the desktop GUI (eframe/egui + our wgpu overlays), on the core.
 //! - [`cli`]: the `spr` command line, on top of all of the above.
@@ -20,6 +22,7 @@ pub mod bench;
 pub mod cli;
 pub mod core;
 pub mod demo;
+pub mod experiment;
 pub mod infer;
 pub mod model;
 pub mod scoring;

@@ -72,6 +72,11 @@ pub enum Command {
         /// Override [scoring] lambda (weight of the semantic score).
         #[arg(long)]
         lambda: Option<f32>,
+        /// Write here instead of <project>/pairs.jsonl (e.g. one file per
+        /// λ; `spr train --data` reads such a file when it lies in the
+        /// project folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Export pairs in TRL's vision DPO layout, with the crops as images.
     Export {
@@ -112,6 +117,9 @@ pub enum Command {
         /// detector boxes (default: the committed tiny OWLv2).
         #[arg(long)]
         detector: Option<PathBuf>,
+        /// Scenes of the REC evaluation set in rec/ (their own seed).
+        #[arg(long, default_value_t = 20)]
+        rec_scenes: usize,
     },
     /// Benchmarks that print figures.
     #[command(subcommand)]
@@ -134,6 +142,22 @@ pub enum Command {
     /// The tiny demo model: SFT data, initial model, evaluation.
     #[command(subcommand)]
     Tiny(tiny::TinyCommand),
+    /// SPR's experiment end to end: training scenes → candidates by the
+    /// base model → scores → pairs per λ → every arm × seed trained →
+    /// REC evaluation → report with table, plot and hypotheses. Resumes
+    /// where an earlier invocation stopped.
+    Experiment {
+        /// The experiment's config (sizes, arms, seeds).
+        #[arg(long, default_value = "experiments/tiny.toml")]
+        config: PathBuf,
+        /// Work folder: project, runs, evaluations (default:
+        /// target/experiment/<config stem>).
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Report folder (default: docs/experiments/<config stem>).
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
 }
 
 /// Benchmarks.
@@ -251,7 +275,11 @@ pub fn run(cli: Cli) -> Result<()> {
             per_image,
         }) => regions(&project.project, seed, per_image),
         Some(Command::Score(p)) => score(&p.project),
-        Some(Command::Pairs { project, lambda }) => pairs(&project.project, lambda),
+        Some(Command::Pairs {
+            project,
+            lambda,
+            out,
+        }) => pairs(&project.project, lambda, out),
         Some(Command::Export { project, out }) => export(&project.project, out),
         Some(Command::EvalRec {
             predictions,
@@ -264,10 +292,12 @@ pub fn run(cli: Cli) -> Result<()> {
             seed,
             clip,
             detector,
+            rec_scenes,
         }) => {
             let mut cfg = crate::demo::DemoConfig {
                 images,
                 seed,
+                rec_scenes,
                 ..Default::default()
             };
             if clip.is_some() {
@@ -338,6 +368,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Eval(args)) => infer::eval(&args),
         Some(Command::Runs { dir }) => train::list(&dir),
         Some(Command::Tiny(cmd)) => tiny::run(cmd),
+        Some(Command::Experiment {
+            config,
+            work,
+            report,
+        }) => experiment(config, work, report),
     }
 }
 
@@ -537,7 +572,7 @@ fn score(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn pairs(dir: &Path, lambda: Option<f32>) -> Result<()> {
+fn pairs(dir: &Path, lambda: Option<f32>, out: Option<PathBuf>) -> Result<()> {
     let p = open(dir)?;
     let ds = load_dataset(&p)?;
     let regions: Vec<RegionRecord> = read_stage(&p, files::REGIONS)?;
@@ -566,7 +601,7 @@ fn pairs(dir: &Path, lambda: Option<f32>) -> Result<()> {
         p.config.model.format,
     );
     warn_issues(&issues);
-    let out = p.path(files::PAIRS);
+    let out = out.unwrap_or_else(|| p.path(files::PAIRS));
     project::write_jsonl(&out, &pairs)?;
     println!(
         "pairs: {} pairs from {} queries ({} marked by hand, {} with < 2 candidates, {} ties, {} skipped) at λ = {} → {}",
@@ -634,5 +669,24 @@ fn show(dir: &Path) -> Result<()> {
         count(files::SCORES),
         count(files::PAIRS)
     );
+    Ok(())
+}
+
+fn experiment(config: PathBuf, work: Option<PathBuf>, report: Option<PathBuf>) -> Result<()> {
+    let stem = config
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "experiment".into());
+    let paths = crate::experiment::ExperimentPaths {
+        work: work.unwrap_or_else(|| PathBuf::from("target/experiment").join(&stem)),
+        report: report.unwrap_or_else(|| PathBuf::from("docs/experiments").join(&stem)),
+        spr: std::env::current_exe().context("locating the spr binary")?,
+        config,
+    };
+    let r = crate::experiment::run(&paths)?;
+    println!("experiment {}: report → {}", r.name, paths.report.display());
+    for v in &r.verdicts {
+        println!("  {}: {}", v.verdict, v.hypothesis);
+    }
     Ok(())
 }

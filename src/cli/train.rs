@@ -103,6 +103,14 @@ pub struct TrainArgs {
     pub eval_batch: usize,
 }
 
+/// The project folder `data` is, or holds a pairs file of.
+fn project_dir(data: &Path) -> Option<&Path> {
+    if data.join(files::CONFIG).is_file() {
+        return Some(data);
+    }
+    data.parent().filter(|d| d.join(files::CONFIG).is_file())
+}
+
 impl TrainArgs {
     /// The fDPO segmenter these options name.
     fn segmenter(&self, data: &Path) -> Result<SegmenterConfig> {
@@ -111,12 +119,10 @@ impl TrainArgs {
                 outside: Default::default(),
             }),
             "grounded" => {
-                let format = match self.box_format {
-                    Some(f) => f,
-                    None if data.join(files::CONFIG).is_file() => {
-                        Project::open(data)?.config.model.format
-                    }
-                    None => BoxFormat::Ferret,
+                let format = match (self.box_format, project_dir(data)) {
+                    (Some(f), _) => f,
+                    (None, Some(dir)) => Project::open(dir)?.config.model.format,
+                    (None, None) => BoxFormat::Ferret,
                 };
                 Ok(SegmenterConfig::Grounded { format })
             }

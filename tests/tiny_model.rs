@@ -85,3 +85,45 @@ fn dpo_on_the_demo_pairs_widens_the_margins() {
     );
     assert!(mean(&acc[5..]) > 0.9, "accuracies did not rise: {acc:?}");
 }
+
+#[test]
+fn a_tiny_base_can_take_the_detectors_tower_and_whole_scene_rec_rows() {
+    use tiny::{init_model, write_sft_data, SftDataConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = write_sft_data(
+        &data,
+        &SftDataConfig {
+            scenes: 4,
+            seed: 5,
+            whole_scenes: true,
+        },
+    )
+    .unwrap();
+    assert!(s.scene_rec > 0 && s.rec > s.scene_rec, "{s:?}");
+    let rows = std::fs::read_to_string(&s.file).unwrap();
+    assert!(
+        rows.contains("\"scenes/images/"),
+        "whole-scene rows point at the scenes"
+    );
+    let owl = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo/models/owlv2");
+    let out = tmp.path().join("init");
+    init_model(&out, &data.join("corpus.txt"), 0, Some(&owl)).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["vision_config"]["image_size"], 168);
+    assert_eq!(cfg["vision_config"]["num_hidden_layers"], 4);
+    let load = |p: &Path| candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap();
+    let ours = load(&out.join("model.safetensors"));
+    let theirs = load(&owl.join("model.safetensors"));
+    let a = ours["vision_tower.vision_model.pre_layrnorm.weight"]
+        .to_vec1::<f32>()
+        .unwrap();
+    let b = theirs["owlv2.vision_model.pre_layernorm.weight"]
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(a, b);
+    // A folder without a vision tower is refused by name.
+    let err = init_model(&out, &data.join("corpus.txt"), 0, Some(tmp.path())).unwrap_err();
+    assert!(format!("{err:#}").contains("config.json"), "{err:#}");
+}

@@ -462,3 +462,58 @@ fn sft_full_finetune_resumes_exactly_and_writes_a_loadable_model() {
     let err = trainer::train(&dpo, &tmp.path().join("dpo"), |_| {}, &never).unwrap_err();
     assert!(err.to_string().contains("no rejected response"), "{err}");
 }
+
+#[test]
+fn full_vision_trains_the_tower_and_full_does_not() {
+    use spr_workbench::train::objectives::{Objective, ObjectiveConfig};
+    use spr_workbench::train::trainer::Tune;
+
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(FIXTURE).join("image0.png"),
+        tmp.path().join("img.png"),
+    )
+    .unwrap();
+    let data = tmp.path().join("sft.jsonl");
+    std::fs::write(
+        &data,
+        sft_line(
+            "img.png",
+            "Where is the dog?",
+            "the dog [0.3, 0.3, 0.9, 0.8]",
+        ) + "\n",
+    )
+    .unwrap();
+    // One tower weight, from a model folder (any layout).
+    let tower_weight = |dir: &Path| -> Vec<f32> {
+        let file = dir.join("model.safetensors");
+        let tensors = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
+        let (_, t) = tensors
+            .iter()
+            .find(|(k, _)| {
+                k.starts_with("vision_tower.")
+                    && k.ends_with("encoder.layers.0.self_attn.q_proj.weight")
+            })
+            .unwrap();
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    };
+    let base = tower_weight(Path::new(FIXTURE));
+    let never = AtomicBool::new(false);
+    let mut moved = Vec::new();
+    for tune in [Tune::Full, Tune::FullVision] {
+        let mut cfg = config(&data, 3, 3e-3);
+        cfg.objective = ObjectiveConfig::new(Objective::Sft);
+        cfg.tune = tune;
+        let run = tmp.path().join(format!("{tune:?}"));
+        trainer::train(&cfg, &run, |_| {}, &never).unwrap();
+        let after = tower_weight(&run.join(files::MODEL));
+        let change = after
+            .iter()
+            .zip(&base)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        moved.push(change);
+    }
+    assert_eq!(moved[0], 0.0, "full fine-tuning left the tower frozen");
+    assert!(moved[1] > 1e-4, "full-vision moved the tower: {moved:?}");
+}

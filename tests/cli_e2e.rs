@@ -312,3 +312,121 @@ fn bad_input_gives_one_clear_line_and_keeps_the_good_records() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("spr.toml"));
 }
+
+/// Every number of a summary line, in order.
+fn numbers(line: &str) -> Vec<f64> {
+    line.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.trim_matches('.').parse().ok())
+        .collect()
+}
+
+/// The line of `out` that starts with `prefix`.
+fn line<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{out}"))
+}
+
+#[test]
+fn every_summary_line_counts_what_it_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = tmp.path().join("demo");
+    copy_dir(&demo_dir(), &proj);
+    let p = proj.to_str().unwrap();
+
+    // check: images, objects, categories, object-rich images.
+    let ann: Value =
+        serde_json::from_slice(&fs::read(proj.join("annotations.json")).unwrap()).unwrap();
+    let images = ann["images"].as_array().unwrap();
+    let objects = ann["annotations"].as_array().unwrap();
+    let rich = images
+        .iter()
+        .filter(|im| {
+            objects
+                .iter()
+                .filter(|o| {
+                    o["image_id"] == im["id"]
+                        && o["iscrowd"] != 1
+                        && o["area"].as_f64().unwrap() >= 300.0
+                })
+                .count()
+                >= 9
+        })
+        .count();
+    let out = ok(&["check", "--project", p]);
+    let file = proj.join("annotations.json").display().to_string();
+    let n = numbers(&line(&out, &file)[file.len()..]);
+    assert_eq!(
+        n[..4],
+        [
+            images.len() as f64,
+            objects.len() as f64,
+            ann["categories"].as_array().unwrap().len() as f64,
+            rich as f64
+        ],
+        "{out}"
+    );
+
+    // regions: queries, the images they are on, images in all.
+    let out = ok(&["regions", "--project", p]);
+    let regions = jsonl(&proj.join("regions.jsonl"));
+    let on: std::collections::HashSet<u64> = regions
+        .iter()
+        .map(|r| r["image_id"].as_u64().unwrap())
+        .collect();
+    let n = numbers(line(&out, "regions:"));
+    assert_eq!(
+        n[..3],
+        [regions.len() as f64, on.len() as f64, images.len() as f64],
+        "{out}"
+    );
+
+    // score: scored candidates, the detector's boxes, phrase-less ones.
+    let out = ok(&["score", "--project", p]);
+    let scores = jsonl(&proj.join("scores.jsonl"));
+    assert_eq!(
+        numbers(line(&out, "score:"))[0],
+        scores.len() as f64,
+        "{out}"
+    );
+    let boxes: usize = scores
+        .iter()
+        .map(|s| s["detections"].as_array().map_or(0, Vec::len))
+        .sum();
+    let skipped = scores
+        .iter()
+        .filter(|s| {
+            s["notes"].as_array().is_some_and(|n| {
+                n.iter()
+                    .any(|x| x.as_str().unwrap_or("").starts_with("detector skipped"))
+            })
+        })
+        .count();
+    let det = line(&out, "detector:");
+    let tail = &det[det.find("):").unwrap()..];
+    assert_eq!(numbers(tail)[..2], [boxes as f64, skipped as f64], "{out}");
+
+    // pairs: pairs, queries with candidates, hand marks (none in the demo).
+    let out = ok(&["pairs", "--project", p]);
+    let pairs = jsonl(&proj.join("pairs.jsonl"));
+    let queries: std::collections::HashSet<String> = jsonl(&proj.join("candidates.jsonl"))
+        .iter()
+        .map(|c| c["query_id"].as_str().unwrap().to_string())
+        .collect();
+    let manual = pairs.iter().filter(|p| p["manual"] == true).count();
+    let n = numbers(line(&out, "pairs:"));
+    assert_eq!(
+        n[..3],
+        [pairs.len() as f64, queries.len() as f64, manual as f64],
+        "{out}"
+    );
+
+    // export: the rows written.
+    let out = ok(&["export", "--project", p]);
+    let rows = jsonl(&proj.join("export/trl_pairs.jsonl"));
+    assert_eq!(
+        numbers(line(&out, "export:"))[0],
+        rows.len() as f64,
+        "{out}"
+    );
+}

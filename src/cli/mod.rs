@@ -460,7 +460,7 @@ fn check(dir: &Path) -> Result<()> {
     let ds = p.load_dataset()?;
     let pre = p.config.dataset.preprocess();
     println!(
-        "{}: {} images, {} objects, {} categories, {} object-rich images (≥ {} objects of area ≥ {})",
+        "{}: {} images, {} objects, {} categories, {} object-rich images (≥ {} non-crowd objects of area ≥ {})",
         p.annotations_path().display(),
         ds.images.len(),
         ds.objects.len(),

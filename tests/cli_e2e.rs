@@ -430,3 +430,38 @@ fn every_summary_line_counts_what_it_says() {
         "{out}"
     );
 }
+
+#[test]
+fn check_decodes_every_image_and_names_the_bad_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = tmp.path().join("demo");
+    copy_dir(&demo_dir(), &proj);
+    let p = proj.to_str().unwrap();
+    let images = proj.join("images");
+    // A truncated file, an image of another size than annotated, a
+    // missing one.
+    let bytes = fs::read(images.join("scene_003.png")).unwrap();
+    fs::write(images.join("scene_003.png"), &bytes[..bytes.len() / 3]).unwrap();
+    image::RgbImage::new(10, 10)
+        .save(images.join("scene_005.png"))
+        .unwrap();
+    fs::remove_file(images.join("scene_007.png")).unwrap();
+    let out = ok(&["check", "--project", p]);
+    assert!(out.contains("scene_003.png: cannot decode image"), "{out}");
+    assert!(
+        out.contains("scene_005.png: the image is 10×10 but the annotations say"),
+        "{out}"
+    );
+    assert!(out.contains("scene_007.png: image file not found"), "{out}");
+    assert!(
+        out.contains("1 missing image file(s), 2 unreadable or mismatched image(s) of 40 decoded"),
+        "{out}"
+    );
+    // Without decoding only the missing file is seen, and the line says so.
+    let out = ok(&["check", "--project", p, "--no-images"]);
+    assert!(!out.contains("scene_003.png"), "{out}");
+    assert!(
+        out.contains("(images not decoded: --images decodes them)"),
+        "{out}"
+    );
+}

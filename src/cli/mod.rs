@@ -51,7 +51,18 @@ pub enum Command {
     /// Print a project's summary.
     Info(ProjectArg),
     /// Validate the project's dataset and list every problem found.
-    Check(ProjectArg),
+    Check {
+        #[command(flatten)]
+        project: ProjectArg,
+        /// Decode every image (header first, so a decompression bomb is
+        /// refused before any large allocation), in parallel. On by default
+        /// up to 5,000 images.
+        #[arg(long, conflicts_with = "no_images")]
+        images: bool,
+        /// Only check that image files exist.
+        #[arg(long)]
+        no_images: bool,
+    },
     /// Build SPR region queries for the object-rich images → regions.jsonl.
     Regions {
         #[command(flatten)]
@@ -268,7 +279,11 @@ pub fn run(cli: Cli) -> Result<()> {
         None => crate::app::run(default_project()),
         Some(Command::Gui(p)) => crate::app::run(p.project),
         Some(Command::Info(p)) => show(&p.project),
-        Some(Command::Check(p)) => check(&p.project),
+        Some(Command::Check {
+            project,
+            images,
+            no_images,
+        }) => check(&project.project, images, no_images),
         Some(Command::Regions {
             project,
             seed,
@@ -455,7 +470,12 @@ fn warn_issues(issues: &[pipeline::StageIssue]) {
     }
 }
 
-fn check(dir: &Path) -> Result<()> {
+/// Datasets up to this many images have every image decoded by `spr check`
+/// unless `--no-images` (a few seconds on two cores).
+const CHECK_IMAGES_UP_TO: usize = 5_000;
+
+fn check(dir: &Path, images: bool, no_images: bool) -> Result<()> {
+    use rayon::prelude::*;
     let p = open(dir)?;
     let ds = p.load_dataset()?;
     let pre = p.config.dataset.preprocess();
@@ -469,20 +489,70 @@ fn check(dir: &Path) -> Result<()> {
         pre.min_objects,
         pre.min_area
     );
-    let mut missing = 0;
-    for i in 0..ds.images.len() {
-        if !ds.image_path(i).is_file() {
-            missing += 1;
-            if missing <= 5 {
-                println!("{}: image file not found", ds.image_path(i).display());
-            }
-        }
-    }
     for issue in &ds.issues {
         println!("{issue}");
     }
+    let decode = images || (!no_images && ds.images.len() <= CHECK_IMAGES_UP_TO);
+    let mut missing = 0;
+    let mut bad = Vec::new();
+    if decode {
+        let b = bar(ds.images.len() as u64, "images");
+        let mut found: Vec<(usize, String)> = (0..ds.images.len())
+            .into_par_iter()
+            .filter_map(|i| {
+                let info = &ds.images[i];
+                let r = crate::core::imageio::check_image(&ds.image_path(i));
+                b.inc(1);
+                match r {
+                    Err(crate::core::imageio::ImageLoadError::Open { .. }) => {
+                        Some((i, "image file not found".to_string()))
+                    }
+                    Err(e) => Some((i, e.to_string())),
+                    Ok((w, h)) if info.width > 0 && (w, h) != (info.width, info.height) => Some((
+                        i,
+                        format!(
+                            "{}: the image is {w}×{h} but the annotations say {}×{}",
+                            ds.image_path(i).display(),
+                            info.width,
+                            info.height
+                        ),
+                    )),
+                    Ok(_) => None,
+                }
+            })
+            .collect();
+        b.finish_and_clear();
+        found.sort_by_key(|(i, _)| *i);
+        for (i, message) in found {
+            if message == "image file not found" {
+                missing += 1;
+                println!("{}: image file not found", ds.image_path(i).display());
+            } else {
+                println!("{message}");
+                bad.push(i);
+            }
+        }
+    } else {
+        for i in 0..ds.images.len() {
+            if !ds.image_path(i).is_file() {
+                missing += 1;
+                if missing <= 5 {
+                    println!("{}: image file not found", ds.image_path(i).display());
+                }
+            }
+        }
+    }
+    let decoded = if decode {
+        format!(
+            ", {} unreadable or mismatched image(s) of {} decoded",
+            bad.len(),
+            ds.images.len()
+        )
+    } else {
+        " (images not decoded: --images decodes them)".to_string()
+    };
     println!(
-        "{} issue(s), {} missing image file(s)",
+        "{} issue(s), {} missing image file(s){decoded}",
         ds.issues.len(),
         missing
     );

@@ -75,6 +75,40 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageLoadError> {
         .to_rgb8())
 }
 
+/// Checks that the image at `path` decodes, without keeping its pixels:
+/// the header first (dimensions within [`MAX_SIDE`] and the pixels within
+/// [`MAX_ALLOC`], so a decompression bomb is refused before any large
+/// allocation), then the pixels within [`limits`]. Returns the decoded
+/// width and height.
+pub fn check_image(path: &Path) -> Result<(u32, u32), ImageLoadError> {
+    let decode = |message: String| ImageLoadError::Decode {
+        path: path.to_path_buf(),
+        message,
+    };
+    let open = || -> Result<ImageReader<std::io::BufReader<std::fs::File>>, ImageLoadError> {
+        let mut r = ImageReader::open(path)
+            .map_err(|source| ImageLoadError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .with_guessed_format()
+            .map_err(|e| decode(e.to_string()))?;
+        r.limits(limits());
+        Ok(r)
+    };
+    let (w, h) = open()?
+        .into_dimensions()
+        .map_err(|e| decode(e.to_string()))?;
+    if w > MAX_SIDE || h > MAX_SIDE || u64::from(w) * u64::from(h) * 4 > MAX_ALLOC {
+        return Err(decode(format!(
+            "{w}×{h} pixels exceeds the limits ({MAX_SIDE} px a side, {} MB decoded): refused before decoding",
+            MAX_ALLOC >> 20
+        )));
+    }
+    let img = open()?.decode().map_err(|e| decode(e.to_string()))?;
+    Ok((img.width(), img.height()))
+}
+
 /// The pixels of `crop` (image pixels; rounded outward, clamped to the image).
 pub fn crop_rgb(image: &RgbImage, crop: Bbox) -> RgbImage {
     let (w, h) = (image.width(), image.height());
@@ -121,6 +155,47 @@ pub fn save_png(image: &RgbImage, path: &Path) -> Result<(), ImageLoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_image_names_truncated_files_and_refuses_bombs_by_their_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.png");
+        save_png(&RgbImage::new(30, 20), &good).unwrap();
+        assert_eq!(check_image(&good).unwrap(), (30, 20));
+        // Truncated: the header is fine, the pixels are not.
+        let bytes = std::fs::read(&good).unwrap();
+        let cut = dir.path().join("cut.png");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let e = check_image(&cut).unwrap_err().to_string();
+        assert!(e.contains("cut.png") && e.contains("cannot decode"), "{e}");
+        // A PNG header declaring 100,000 × 100,000 pixels, and nothing else.
+        let mut bomb = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+        bomb.extend_from_slice(&100_000u32.to_be_bytes());
+        bomb.extend_from_slice(&100_000u32.to_be_bytes());
+        bomb.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let crc = {
+            // CRC-32 of the chunk type and data, as PNG asks.
+            let mut c = 0xffff_ffffu32;
+            for &b in &bomb[12..] {
+                c ^= u32::from(b);
+                for _ in 0..8 {
+                    c = if c & 1 != 0 {
+                        0xedb8_8320 ^ (c >> 1)
+                    } else {
+                        c >> 1
+                    };
+                }
+            }
+            !c
+        };
+        bomb.extend_from_slice(&crc.to_be_bytes());
+        let path = dir.path().join("bomb.png");
+        std::fs::write(&path, &bomb).unwrap();
+        let e = check_image(&path).unwrap_err().to_string();
+        assert!(e.contains("bomb.png"), "{e}");
+        let missing = check_image(&dir.path().join("nope.png")).unwrap_err();
+        assert!(matches!(missing, ImageLoadError::Open { .. }));
+    }
 
     #[test]
     fn missing_corrupt_and_bomb_images_are_named_errors() {

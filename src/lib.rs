@@ -14,9 +14,11 @@
 //! - [`experiment`]: `spr experiment`, SPR's experiment end to end (the
 //!   stages as `spr` child processes, the report and its plot).
 //! - [`bench`]: benchmark drivers that print figures (never timed tests).
-//! - [`app`]: the desktop GUI (eframe/egui + our wgpu overlays), on the core.
+//! - `app`: the desktop GUI (eframe/egui + our wgpu overlays), on the core;
+//!   behind the default `gui` feature.
 //! - [`cli`]: the `spr` command line, on top of all of the above.
 
+#[cfg(feature = "gui")]
 pub mod app;
 pub mod bench;
 pub mod cli;

@@ -276,8 +276,8 @@ pub fn configure_threads(cli: &Cli) {
 /// Run the command line; errors are returned for `main` to print.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        None => crate::app::run(default_project()),
-        Some(Command::Gui(p)) => crate::app::run(p.project),
+        None => open_gui(default_project()),
+        Some(Command::Gui(p)) => open_gui(p.project),
         Some(Command::Info(p)) => show(&p.project),
         Some(Command::Check {
             project,
@@ -759,4 +759,14 @@ fn experiment(config: PathBuf, work: Option<PathBuf>, report: Option<PathBuf>) -
         println!("  {}: {}", v.verdict, v.hypothesis);
     }
     Ok(())
+}
+
+#[cfg(feature = "gui")]
+fn open_gui(project: PathBuf) -> Result<()> {
+    crate::app::run(project)
+}
+
+#[cfg(not(feature = "gui"))]
+fn open_gui(_project: PathBuf) -> Result<()> {
+    bail!("this spr was built without the GUI (--no-default-features): run a subcommand (spr --help)")
 }

@@ -768,5 +768,7 @@ fn open_gui(project: PathBuf) -> Result<()> {
 
 #[cfg(not(feature = "gui"))]
 fn open_gui(_project: PathBuf) -> Result<()> {
-    bail!("this spr was built without the GUI (--no-default-features): run a subcommand (spr --help)")
+    bail!(
+        "this spr was built without the GUI (--no-default-features): run a subcommand (spr --help)"
+    )
 }

@@ -55,23 +55,32 @@ pub fn limits() -> Limits {
     l
 }
 
-/// Decode the image at `path` as 8-bit RGB, within [`limits`].
-pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageLoadError> {
-    let decode = |message: String| ImageLoadError::Decode {
+fn decode_error(path: &Path, message: String) -> ImageLoadError {
+    ImageLoadError::Decode {
         path: path.to_path_buf(),
         message,
-    };
-    let mut reader = ImageReader::open(path)
+    }
+}
+
+/// A reader of the image at `path`, its format guessed from the bytes and
+/// [`limits`] set.
+fn reader(path: &Path) -> Result<ImageReader<std::io::BufReader<std::fs::File>>, ImageLoadError> {
+    let mut r = ImageReader::open(path)
         .map_err(|source| ImageLoadError::Open {
             path: path.to_path_buf(),
             source,
         })?
         .with_guessed_format()
-        .map_err(|e| decode(e.to_string()))?;
-    reader.limits(limits());
-    Ok(reader
+        .map_err(|e| decode_error(path, e.to_string()))?;
+    r.limits(limits());
+    Ok(r)
+}
+
+/// Decode the image at `path` as 8-bit RGB, within [`limits`].
+pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageLoadError> {
+    Ok(reader(path)?
         .decode()
-        .map_err(|e| decode(e.to_string()))?
+        .map_err(|e| decode_error(path, e.to_string()))?
         .to_rgb8())
 }
 
@@ -81,31 +90,21 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageLoadError> {
 /// allocation), then the pixels within [`limits`]. Returns the decoded
 /// width and height.
 pub fn check_image(path: &Path) -> Result<(u32, u32), ImageLoadError> {
-    let decode = |message: String| ImageLoadError::Decode {
-        path: path.to_path_buf(),
-        message,
-    };
-    let open = || -> Result<ImageReader<std::io::BufReader<std::fs::File>>, ImageLoadError> {
-        let mut r = ImageReader::open(path)
-            .map_err(|source| ImageLoadError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?
-            .with_guessed_format()
-            .map_err(|e| decode(e.to_string()))?;
-        r.limits(limits());
-        Ok(r)
-    };
-    let (w, h) = open()?
+    let (w, h) = reader(path)?
         .into_dimensions()
-        .map_err(|e| decode(e.to_string()))?;
+        .map_err(|e| decode_error(path, e.to_string()))?;
     if w > MAX_SIDE || h > MAX_SIDE || u64::from(w) * u64::from(h) * 4 > MAX_ALLOC {
-        return Err(decode(format!(
-            "{w}×{h} pixels exceeds the limits ({MAX_SIDE} px a side, {} MB decoded): refused before decoding",
-            MAX_ALLOC >> 20
-        )));
+        return Err(decode_error(
+            path,
+            format!(
+                "{w}×{h} pixels exceeds the limits ({MAX_SIDE} px a side, {} MB decoded): refused before decoding",
+                MAX_ALLOC >> 20
+            ),
+        ));
     }
-    let img = open()?.decode().map_err(|e| decode(e.to_string()))?;
+    let img = reader(path)?
+        .decode()
+        .map_err(|e| decode_error(path, e.to_string()))?;
     Ok((img.width(), img.height()))
 }
 

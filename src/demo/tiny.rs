@@ -207,34 +207,15 @@ pub fn write_sft_data(out: &Path, cfg: &SftDataConfig) -> Result<SftDataSummary>
                 !ds.objects.crowd[o] && ds.objects.bbox[o].fraction_inside(region.crop) >= 0.95
             })
             .collect();
-        for &o in &visible {
-            let cat = ds.objects.category[o];
-            if visible
-                .iter()
-                .filter(|&&p| ds.objects.category[p] == cat)
-                .count()
-                != 1
-            {
-                continue;
-            }
-            let name = ds.category_name(o).to_string();
-            let answer = GroundedText {
-                pieces: vec![
-                    Piece::Object {
-                        phrase: format!("the {name}"),
-                        boxes: vec![ds.objects.bbox[o]],
-                    },
-                    Piece::Text(".".into()),
-                ],
-            }
-            .crop_from_image(region.crop);
+        for o in unique_category(&ds, &visible) {
+            let name = ds.category_name(o);
             let answer = grounded::render(
-                &answer,
+                &rec_answer(name, ds.objects.bbox[o]).crop_from_image(region.crop),
                 BoxFormat::Ferret,
                 region.crop.width(),
                 region.crop.height(),
             );
-            push(&mut rows, &mut corpus, &rel, &rec_prompt(&name), &answer);
+            push(&mut rows, &mut corpus, &rel, &rec_prompt(name), &answer);
             rec += 1;
         }
     }
@@ -248,23 +229,20 @@ pub fn write_sft_data(out: &Path, cfg: &SftDataConfig) -> Result<SftDataSummary>
                     .join(&info.file_name)
                     .display()
             );
-            for (o, name) in unique_objects(&ds, i) {
-                let answer = GroundedText {
-                    pieces: vec![
-                        Piece::Object {
-                            phrase: format!("the {name}"),
-                            boxes: vec![ds.objects.bbox[o]],
-                        },
-                        Piece::Text(".".into()),
-                    ],
-                };
+            // The demo REC set's rule: not crowds, at least SPR's 300 px².
+            let usable: Vec<usize> = ds
+                .objects_of(i)
+                .filter(|&o| !ds.objects.crowd[o] && ds.objects.bbox[o].area() >= 300.0)
+                .collect();
+            for o in unique_category(&ds, &usable) {
+                let name = ds.category_name(o);
                 let answer = grounded::render(
-                    &answer,
+                    &rec_answer(name, ds.objects.bbox[o]),
                     BoxFormat::Ferret,
                     info.width as f32,
                     info.height as f32,
                 );
-                push(&mut rows, &mut corpus, &rel, &rec_prompt(&name), &answer);
+                push(&mut rows, &mut corpus, &rel, &rec_prompt(name), &answer);
                 scene_rec += 1;
             }
         }
@@ -288,25 +266,28 @@ pub fn write_sft_data(out: &Path, cfg: &SftDataConfig) -> Result<SftDataSummary>
     })
 }
 
-/// The objects of image `i` a whole-scene REC question can name: not
-/// crowds, at least SPR's 300 px², their category unique among those (the
-/// rule of the demo's REC set); with their category names.
-fn unique_objects(ds: &crate::core::dataset::Dataset, i: usize) -> Vec<(usize, String)> {
-    let usable: Vec<usize> = ds
-        .objects_of(i)
-        .filter(|&o| !ds.objects.crowd[o] && ds.objects.bbox[o].area() >= 300.0)
-        .collect();
-    usable
+/// The objects of `objects` whose category no other of them has: the ones
+/// "the red circle" names without ambiguity.
+fn unique_category(ds: &crate::core::dataset::Dataset, objects: &[usize]) -> Vec<usize> {
+    let cat = &ds.objects.category;
+    objects
         .iter()
-        .filter(|&&o| {
-            usable
-                .iter()
-                .filter(|&&p| ds.objects.category[p] == ds.objects.category[o])
-                .count()
-                == 1
-        })
-        .map(|&o| (o, ds.category_name(o).to_string()))
+        .copied()
+        .filter(|&o| objects.iter().filter(|&&p| cat[p] == cat[o]).count() == 1)
         .collect()
+}
+
+/// A REC answer: "the {name} [box]." (image pixels).
+fn rec_answer(name: &str, bbox: crate::core::geometry::Bbox) -> GroundedText {
+    GroundedText {
+        pieces: vec![
+            Piece::Object {
+                phrase: format!("the {name}"),
+                boxes: vec![bbox],
+            },
+            Piece::Text(".".into()),
+        ],
+    }
 }
 
 /// Writes an untrained tiny model into `out`: a tokenizer trained on the

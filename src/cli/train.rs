@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{bar, stop_on_signals};
 use crate::core::grounded::BoxFormat;
-use crate::core::project::{files, Project};
+use crate::core::project::{pairs_in_project, Project};
 use crate::core::rec::profile::RecProfile;
 use crate::core::runs::config::EvalSettings;
 use crate::core::segment::SegmenterConfig;
@@ -103,14 +103,6 @@ pub struct TrainArgs {
     pub eval_batch: usize,
 }
 
-/// The project folder `data` is, or holds a pairs file of.
-fn project_dir(data: &Path) -> Option<&Path> {
-    if data.join(files::CONFIG).is_file() {
-        return Some(data);
-    }
-    data.parent().filter(|d| d.join(files::CONFIG).is_file())
-}
-
 impl TrainArgs {
     /// The fDPO segmenter these options name.
     fn segmenter(&self, data: &Path) -> Result<SegmenterConfig> {
@@ -119,9 +111,9 @@ impl TrainArgs {
                 outside: Default::default(),
             }),
             "grounded" => {
-                let format = match (self.box_format, project_dir(data)) {
+                let format = match (self.box_format, pairs_in_project(data)) {
                     (Some(f), _) => f,
-                    (None, Some(dir)) => Project::open(dir)?.config.model.format,
+                    (None, Some((dir, _))) => Project::open(&dir)?.config.model.format,
                     (None, None) => BoxFormat::Ferret,
                 };
                 Ok(SegmenterConfig::Grounded { format })

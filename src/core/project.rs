@@ -619,6 +619,24 @@ impl BackgroundWriter {
     }
 }
 
+/// Where the pairs of training data `data` come from when it is a
+/// project's: `(project folder, pairs file)` for a project folder (its
+/// `pairs.jsonl`) or for a `pairs*.jsonl` file lying in one (`spr pairs
+/// --out`, e.g. one file per λ); `None` for anything else (a TRL-layout
+/// file).
+pub fn pairs_in_project(data: &Path) -> Option<(PathBuf, PathBuf)> {
+    if data.is_dir() && data.join(files::CONFIG).is_file() {
+        return Some((data.to_path_buf(), data.join(files::PAIRS)));
+    }
+    let named_pairs = data
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("pairs"));
+    data.parent()
+        .filter(|dir| named_pairs && data.is_file() && dir.join(files::CONFIG).is_file())
+        .map(|dir| (dir.to_path_buf(), data.to_path_buf()))
+}
+
 /// An open project folder.
 #[derive(Clone, Debug)]
 pub struct Project {
@@ -695,6 +713,31 @@ impl Project {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pairs_in_project_knows_a_project_and_its_pairs_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join(files::CONFIG), "").unwrap();
+        for f in ["pairs-lambda0_8.jsonl", "trl_pairs.jsonl"] {
+            std::fs::write(p.join(f), "").unwrap();
+        }
+        assert_eq!(
+            pairs_in_project(p),
+            Some((p.to_path_buf(), p.join(files::PAIRS)))
+        );
+        let per_lambda = p.join("pairs-lambda0_8.jsonl");
+        assert_eq!(
+            pairs_in_project(&per_lambda),
+            Some((p.to_path_buf(), per_lambda.clone()))
+        );
+        // A TRL file beside spr.toml, and a pairs file outside a project.
+        assert_eq!(pairs_in_project(&p.join("trl_pairs.jsonl")), None);
+        let other = tempfile::tempdir().unwrap();
+        let outside = other.path().join("pairs.jsonl");
+        std::fs::write(&outside, "").unwrap();
+        assert_eq!(pairs_in_project(&outside), None);
+    }
 
     #[test]
     fn jsonl_bad_lines_are_reported_and_skipped() {

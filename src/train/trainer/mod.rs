@@ -790,24 +790,8 @@ fn load_dataset(
     options: &DataOptions,
     segmenter: Option<&dyn crate::core::segment::Segmenter>,
 ) -> Result<data::PairDataset> {
-    use crate::core::project::{files as project_files, Project};
-    // A project folder (its pairs.jsonl), or a `pairs*.jsonl` file lying
-    // in one (`spr pairs --out`, e.g. one file per λ).
-    let in_project = |dir: &Path| {
-        let named_pairs = data
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("pairs"));
-        named_pairs && data.is_file() && dir.join(project_files::CONFIG).is_file()
-    };
-    let project_pairs = if data.is_dir() && data.join(project_files::CONFIG).is_file() {
-        Some((data.to_path_buf(), data.join(project_files::PAIRS)))
-    } else {
-        data.parent()
-            .filter(|dir| in_project(dir))
-            .map(|dir| (dir.to_path_buf(), data.to_path_buf()))
-    };
-    if let Some((dir, pairs)) = project_pairs {
+    use crate::core::project::{pairs_in_project, Project};
+    if let Some((dir, pairs)) = pairs_in_project(data) {
         let project = Project::open(&dir).map_err(|e| TrainError::Config {
             field: "data",
             message: e.to_string(),

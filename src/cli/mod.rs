@@ -494,42 +494,44 @@ fn check(dir: &Path, images: bool, no_images: bool) -> Result<()> {
     }
     let decode = images || (!no_images && ds.images.len() <= CHECK_IMAGES_UP_TO);
     let mut missing = 0;
-    let mut bad = Vec::new();
+    let mut bad = 0;
     if decode {
         let b = bar(ds.images.len() as u64, "images");
-        let mut found: Vec<(usize, String)> = (0..ds.images.len())
+        // Per bad image: `None` when the file is missing, else what is
+        // wrong with it. Collected in image order.
+        let found: Vec<(usize, Option<String>)> = (0..ds.images.len())
             .into_par_iter()
             .filter_map(|i| {
                 let info = &ds.images[i];
                 let r = crate::core::imageio::check_image(&ds.image_path(i));
                 b.inc(1);
                 match r {
-                    Err(crate::core::imageio::ImageLoadError::Open { .. }) => {
-                        Some((i, "image file not found".to_string()))
-                    }
-                    Err(e) => Some((i, e.to_string())),
+                    Err(crate::core::imageio::ImageLoadError::Open { .. }) => Some((i, None)),
+                    Err(e) => Some((i, Some(e.to_string()))),
                     Ok((w, h)) if info.width > 0 && (w, h) != (info.width, info.height) => Some((
                         i,
-                        format!(
+                        Some(format!(
                             "{}: the image is {w}×{h} but the annotations say {}×{}",
                             ds.image_path(i).display(),
                             info.width,
                             info.height
-                        ),
+                        )),
                     )),
                     Ok(_) => None,
                 }
             })
             .collect();
         b.finish_and_clear();
-        found.sort_by_key(|(i, _)| *i);
-        for (i, message) in found {
-            if message == "image file not found" {
-                missing += 1;
-                println!("{}: image file not found", ds.image_path(i).display());
-            } else {
-                println!("{message}");
-                bad.push(i);
+        for (i, problem) in found {
+            match problem {
+                None => {
+                    missing += 1;
+                    println!("{}: image file not found", ds.image_path(i).display());
+                }
+                Some(message) => {
+                    println!("{message}");
+                    bad += 1;
+                }
             }
         }
     } else {
@@ -545,7 +547,7 @@ fn check(dir: &Path, images: bool, no_images: bool) -> Result<()> {
     let decoded = if decode {
         format!(
             ", {} unreadable or mismatched image(s) of {} decoded",
-            bad.len(),
+            bad,
             ds.images.len()
         )
     } else {

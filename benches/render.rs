@@ -76,7 +76,12 @@ fn measure(ours: bool, instances: Arc<Vec<BoxInstance>>) -> Timing {
                     pixels_per_point: ui.ctx().pixels_per_point(),
                     _pad: 0.0,
                 };
-                painter.add(overlay::paint_callback(rect, globals, instances.clone()));
+                painter.add(overlay::paint_callback(
+                    ui.scope_id(),
+                    rect,
+                    globals,
+                    instances.clone(),
+                ));
             } else {
                 paint_with_painter(
                     &painter,

@@ -128,7 +128,7 @@ fn lambda_reranks_marks_export_and_region_drawing_with_undo() {
     let mut h = harness(dir.clone(), false);
     h.get_by_label_contains("scene_003.png").click();
     settle(&mut h);
-    assert_eq!(h.state().region.as_deref(), Some("3-0"));
+    assert_eq!(h.state().sel.region.as_deref(), Some("3-0"));
 
     // λ = 1: semantic alone → the vague candidate ranks above the precise one.
     h.get_by_role_and_label(Role::Slider, "λ (semantic weight)")
@@ -185,7 +185,7 @@ fn lambda_reranks_marks_export_and_region_drawing_with_undo() {
     let new = regions.last().unwrap();
     assert_eq!(new["source"], "manual");
     assert_eq!(new["image_id"], 3);
-    assert_eq!(h.state().region.as_deref(), new["id"].as_str());
+    assert_eq!(h.state().sel.region.as_deref(), new["id"].as_str());
     h.key_press_modifiers(Modifiers::COMMAND, egui::Key::Z);
     settle(&mut h);
     assert_eq!(jsonl(&dir.join("regions.jsonl")).len(), before);
@@ -224,7 +224,7 @@ fn bad_input_opens_and_is_shown_where_it_belongs() {
     h.get_by_label_contains("cannot decode image");
     h.get_by_label_contains("scene_005.png").click();
     settle(&mut h);
-    assert!(h.state().region.is_some());
+    assert!(h.state().sel.region.is_some());
     assert!(h.query_by_label_contains("cannot").is_none());
 }
 
@@ -259,7 +259,7 @@ fn dragging_a_box_handle_fixes_the_box_and_rescores() {
         ((first.x1, first.y1), (target.x1, target.y1)),
         ((first.x2, first.y2), (target.x2, target.y2)),
     ] {
-        let view = &h.state().view;
+        let view = &h.state().annotate.view;
         let a = view.screen_from_image_last(Pos2::new(from.0, from.1));
         let b = view.screen_from_image_last(Pos2::new(to.0, to.1));
         // As a hand does: hover, press, move, release.

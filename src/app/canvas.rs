@@ -308,7 +308,12 @@ pub fn show(
                 pixels_per_point: ui.ctx().pixels_per_point(),
                 _pad: 0.0,
             };
-            painter.add(overlay::paint_callback(rect, globals, Arc::new(instances)));
+            painter.add(overlay::paint_callback(
+                response.id,
+                rect,
+                globals,
+                Arc::new(instances),
+            ));
         }
         Renderer::Painter => {
             paint_with_painter(&painter, |b| view.screen_rect(rect, b), &instances)

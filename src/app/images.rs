@@ -12,19 +12,27 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 /// Side of a thumbnail in pixels.
 pub const THUMB_SIDE: u32 = 64;
 
-/// What a worker sends back.
-enum Loaded {
-    Full(usize, Result<egui::ColorImage, String>),
-    Thumb(usize, Result<egui::ColorImage, String>),
+/// What a worker sends back: the cache generation it was asked in, whether
+/// it is a thumbnail, the path, the result.
+struct Loaded {
+    generation: u64,
+    thumb: bool,
+    path: PathBuf,
+    result: Result<egui::ColorImage, String>,
 }
 
-/// Decoded images and thumbnails as egui textures, by dataset image index.
+/// Decoded images and thumbnails as egui textures, by path.
+///
+/// [`ImageCache::clear`] starts a new generation: decodes still running for
+/// a project that was closed come back with the old generation and are
+/// dropped, so they never show up in the next project.
 pub struct ImageCache {
     tx: Sender<Loaded>,
     rx: Receiver<Loaded>,
-    full: HashMap<usize, Result<egui::TextureHandle, String>>,
-    thumbs: HashMap<usize, Result<egui::TextureHandle, String>>,
-    pending: HashSet<(bool, usize)>,
+    generation: u64,
+    full: HashMap<PathBuf, Result<egui::TextureHandle, String>>,
+    thumbs: HashMap<PathBuf, Result<egui::TextureHandle, String>>,
+    pending: HashSet<(bool, PathBuf)>,
 }
 
 impl Default for ImageCache {
@@ -33,6 +41,7 @@ impl Default for ImageCache {
         Self {
             tx,
             rx,
+            generation: 0,
             full: HashMap::new(),
             thumbs: HashMap::new(),
             pending: HashSet::new(),
@@ -56,25 +65,28 @@ fn decode(path: &Path, thumb: bool) -> Result<egui::ColorImage, String> {
 }
 
 impl ImageCache {
-    /// Number of decodes in flight.
+    /// Number of decodes in flight for the current generation.
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
 
-    fn request(&mut self, ctx: &egui::Context, image: usize, path: PathBuf, thumb: bool) {
-        if !self.pending.insert((thumb, image)) {
+    fn request(&mut self, ctx: &egui::Context, path: &Path, thumb: bool) {
+        if !self.pending.insert((thumb, path.to_path_buf())) {
             return;
         }
         let tx = self.tx.clone();
         let ctx = ctx.clone();
+        let generation = self.generation;
+        let path = path.to_path_buf();
         // Thumbnails share the rayon pool; full images get their own thread
         // so a large decode never waits behind a page of thumbnails.
         let work = move || {
-            let r = decode(&path, thumb);
-            let _ = tx.send(if thumb {
-                Loaded::Thumb(image, r)
-            } else {
-                Loaded::Full(image, r)
+            let result = decode(&path, thumb);
+            let _ = tx.send(Loaded {
+                generation,
+                thumb,
+                path,
+                result,
             });
             ctx.request_repaint();
         };
@@ -87,18 +99,23 @@ impl ImageCache {
 
     /// Move finished decodes into textures (call once per frame).
     pub fn poll(&mut self, ctx: &egui::Context) {
-        while let Ok(loaded) = self.rx.try_recv() {
-            let (thumb, image, result) = match loaded {
-                Loaded::Full(i, r) => (false, i, r),
-                Loaded::Thumb(i, r) => (true, i, r),
-            };
-            self.pending.remove(&(thumb, image));
-            let name = format!("{}-{image}", if thumb { "thumb" } else { "image" });
-            let tex = result.map(|c| ctx.load_texture(name, c, egui::TextureOptions::LINEAR));
-            if thumb {
-                self.thumbs.insert(image, tex);
+        while let Ok(l) = self.rx.try_recv() {
+            if l.generation != self.generation {
+                continue;
+            }
+            self.pending.remove(&(l.thumb, l.path.clone()));
+            let name = format!(
+                "{}-{}",
+                if l.thumb { "thumb" } else { "image" },
+                l.path.display()
+            );
+            let tex = l
+                .result
+                .map(|c| ctx.load_texture(name, c, egui::TextureOptions::LINEAR));
+            if l.thumb {
+                self.thumbs.insert(l.path, tex);
             } else {
-                self.full.insert(image, tex);
+                self.full.insert(l.path, tex);
             }
         }
     }
@@ -107,39 +124,40 @@ impl ImageCache {
     pub fn full(
         &mut self,
         ctx: &egui::Context,
-        image: usize,
-        path: impl FnOnce() -> PathBuf,
+        path: &Path,
     ) -> Option<&Result<egui::TextureHandle, String>> {
-        if !self.full.contains_key(&image) {
-            self.request(ctx, image, path(), false);
+        if !self.full.contains_key(path) {
+            self.request(ctx, path, false);
             return None;
         }
-        self.full.get(&image)
+        self.full.get(path)
     }
 
     /// The thumbnail, requesting it if needed.
     pub fn thumb(
         &mut self,
         ctx: &egui::Context,
-        image: usize,
-        path: impl FnOnce() -> PathBuf,
+        path: &Path,
     ) -> Option<&Result<egui::TextureHandle, String>> {
-        if !self.thumbs.contains_key(&image) {
-            self.request(ctx, image, path(), true);
+        if !self.thumbs.contains_key(path) {
+            self.request(ctx, path, true);
             return None;
         }
-        self.thumbs.get(&image)
+        self.thumbs.get(path)
     }
 
-    /// Forget everything (another project was opened).
+    /// Forget everything, including decodes still running (another project
+    /// was opened).
     pub fn clear(&mut self) {
+        self.generation += 1;
         self.full.clear();
         self.thumbs.clear();
+        self.pending.clear();
     }
 
     /// The decode error of a full image, if it failed.
-    pub fn error(&self, image: usize) -> Option<&str> {
-        match self.full.get(&image) {
+    pub fn error(&self, path: &Path) -> Option<&str> {
+        match self.full.get(path) {
             Some(Err(e)) => Some(e),
             _ => None,
         }

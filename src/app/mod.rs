@@ -1,28 +1,47 @@
 //! The desktop workbench (eframe + egui, wgpu renderer).
 //!
-//! One window: the dataset browser on the left, the image canvas in the
-//! middle (our wgpu box overlays), the inspector on the right (λ and IoU
-//! sliders, candidates re-ranked live, text editor, chosen/rejected marks,
-//! refinement preview, export). The GUI holds no pipeline logic: every
-//! action is a [`Workspace`] call, the same library code the CLI uses, and
-//! every edit is saved atomically at once. Opening a project, decoding
-//! images and exporting run off the UI thread.
+//! Three views under one top bar:
+//! - **Annotate** (`annotate/`): the dataset browser, the image canvas with
+//!   our wgpu box overlays, the inspector (λ and IoU sliders, candidates
+//!   re-ranked live, text editor, chosen/rejected marks, refinement
+//!   preview, export) and the keyboard habits of annotation tools;
+//! - **Training** (`training/`): the project's runs, a launch form that
+//!   starts `spr train`, live plots of `events.jsonl`, stop and resume;
+//! - **Evaluation** (`evaluation/`): REC accuracy against the IoU
+//!   threshold for several evaluations, the failing samples of a
+//!   threshold, a sample on its image, `spr eval` from the window.
+//!
+//! [`WorkbenchApp`] holds the state, the views and the background jobs;
+//! the selection and live parameters are one type ([`state`]); panels push
+//! [`Command`]s that [`WorkbenchApp::apply_commands`] carries out in one
+//! place after drawing. The GUI holds no pipeline logic: every edit is a
+//! [`Workspace`] call, the same library code the CLI uses, saved
+//! atomically. Opening a project, decoding images, exporting, training and
+//! evaluating all run off the UI thread (the last two as `spr` child
+//! processes).
 
+pub mod annotate;
 pub mod canvas;
+pub mod evaluation;
 pub mod images;
+pub mod jobs;
 pub mod overlay;
+pub mod state;
+pub mod training;
 
 use std::path::PathBuf;
 
-use egui::RichText;
 use poll_promise::Promise;
 
-use crate::core::project::RegionRecord;
-use crate::core::scores::MATCH_IOU;
-use crate::core::workspace::{Edit, MarkKind, Workspace};
-use canvas::{colors, CanvasAction, CanvasView, OverlayBox, Renderer};
+use crate::core::workspace::{Edit, Workspace};
+use annotate::{AnnotateView, Cx};
+use canvas::Renderer;
+use evaluation::EvalView;
 use images::ImageCache;
-use overlay::BoxInstance;
+use state::{Command, Live, Selection};
+use training::TrainingView;
+
+pub use annotate::{browser_list, overlay_boxes, BrowserFilter};
 
 const RECENT_KEY: &str = "spr-recent-projects";
 
@@ -43,46 +62,51 @@ pub fn run(project: PathBuf) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("cannot open the window: {e}"))
 }
 
-/// Filters and sorting of the browser.
-#[derive(Clone, Debug, Default)]
-pub struct BrowserFilter {
-    /// Show images with at least this many objects.
-    pub min_objects: usize,
-    /// Show images holding this category (index into the dataset's categories).
-    pub category: Option<usize>,
-    /// Worst localization first.
-    pub sort_worst: bool,
+/// The views of the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Tab {
+    /// Regions, candidates, marks, export.
+    #[default]
+    Annotate,
+    /// Training runs.
+    Training,
+    /// REC evaluations.
+    Evaluation,
+}
+
+/// A candidate's text being typed: its id and its text before the session.
+#[derive(Clone, Debug)]
+struct TextSession {
+    id: String,
+    before: String,
+    after: String,
 }
 
 /// The application state.
 pub struct WorkbenchApp {
     /// The open project, once loaded.
     pub ws: Option<Workspace>,
-    loading: Option<(PathBuf, Promise<Result<Workspace, String>>)>,
-    exporting: Option<Promise<Result<String, String>>>,
     /// Message shown in the status bar.
     pub status: String,
-    /// Selected image (dataset index).
-    pub image: Option<usize>,
-    /// Selected region (query id).
-    pub region: Option<String>,
-    /// Selected candidate (index into the workspace's candidates).
-    pub candidate: Option<usize>,
-    /// Weight of the semantic score.
-    pub lambda: f32,
-    /// IoU threshold for matching.
-    pub iou: f32,
-    /// Browser settings.
-    pub filter: BrowserFilter,
-    /// Canvas zoom, pan and mode.
-    pub view: CanvasView,
+    /// What is selected.
+    pub sel: Selection,
+    /// λ and the IoU threshold.
+    pub live: Live,
+    /// The view shown.
+    pub tab: Tab,
+    /// The annotation view.
+    pub annotate: AnnotateView,
+    /// The training view.
+    pub training: TrainingView,
+    /// The evaluation view.
+    pub evaluation: EvalView,
+    loading: Option<(PathBuf, Promise<Result<Workspace, String>>)>,
+    exporting: Option<Promise<Result<String, String>>>,
     images: ImageCache,
-    editor: String,
-    editor_for: Option<usize>,
-    new_candidate: String,
+    text: Option<TextSession>,
     recent: Vec<PathBuf>,
     renderer: Renderer,
-    random_seed: u64,
+    commands: Vec<Command>,
 }
 
 impl WorkbenchApp {
@@ -101,23 +125,20 @@ impl WorkbenchApp {
             .unwrap_or_default();
         let mut app = Self {
             ws: None,
+            status: String::new(),
+            sel: Selection::default(),
+            live: Live::default(),
+            tab: Tab::Annotate,
+            annotate: AnnotateView::default(),
+            training: TrainingView::default(),
+            evaluation: EvalView::default(),
             loading: None,
             exporting: None,
-            status: String::new(),
-            image: None,
-            region: None,
-            candidate: None,
-            lambda: crate::core::scores::DEFAULT_LAMBDA,
-            iou: MATCH_IOU,
-            filter: BrowserFilter::default(),
-            view: CanvasView::default(),
             images: ImageCache::default(),
-            editor: String::new(),
-            editor_for: None,
-            new_candidate: String::new(),
+            text: None,
             recent,
             renderer,
-            random_seed: 1,
+            commands: Vec::new(),
         };
         app.open(project);
         app
@@ -125,6 +146,7 @@ impl WorkbenchApp {
 
     /// Start opening a project folder in the background.
     pub fn open(&mut self, dir: PathBuf) {
+        self.commit_text();
         self.status = format!("opening {}…", dir.display());
         let d = dir.clone();
         self.loading = Some((
@@ -135,7 +157,9 @@ impl WorkbenchApp {
         ));
     }
 
-    /// Whether a background job is still running.
+    /// Whether a background job of the window is still running (project
+    /// load, export, decodes, writes, an evaluation started here; a
+    /// training run is followed, not waited for).
     pub fn busy(&self) -> bool {
         self.loading.is_some()
             || self.exporting.is_some()
@@ -160,12 +184,16 @@ impl WorkbenchApp {
                             format!(", {} problems", ws.problems.len())
                         }
                     );
-                    self.lambda = ws.project.config.scoring.lambda;
-                    self.iou = ws.project.config.scoring.match_iou;
+                    self.live = Live {
+                        lambda: ws.project.config.scoring.lambda,
+                        iou: ws.project.config.scoring.match_iou,
+                    };
                     self.images.clear();
-                    self.image = None;
-                    self.region = None;
-                    self.candidate = None;
+                    self.annotate.browser.clear();
+                    self.annotate.inspector.editor_for = None;
+                    self.sel = Selection::default();
+                    self.training.set_project(ws.root());
+                    self.evaluation.set_project(ws.root());
                     self.recent.retain(|p| p != &dir);
                     self.recent.insert(0, dir);
                     self.recent.truncate(8);
@@ -188,6 +216,18 @@ impl WorkbenchApp {
         }
     }
 
+    /// Ends a text edit session: one undo step from the text before it.
+    fn commit_text(&mut self) {
+        let Some(t) = self.text.take() else { return };
+        if t.before != t.after {
+            self.apply(Edit::SetText {
+                id: t.id,
+                before: t.before,
+                after: t.after,
+            });
+        }
+    }
+
     fn apply(&mut self, edit: Edit) {
         if let Some(ws) = &mut self.ws {
             if let Err(e) = ws.apply(edit) {
@@ -197,6 +237,7 @@ impl WorkbenchApp {
     }
 
     fn undo(&mut self, redo: bool) {
+        self.commit_text();
         let Some(ws) = &mut self.ws else { return };
         let r = if redo { ws.redo() } else { ws.undo() };
         match r {
@@ -210,28 +251,101 @@ impl WorkbenchApp {
             Ok(false) => {}
             Err(e) => self.status = format!("not saved: {e}"),
         }
-        self.editor_for = None;
-        if let (Some(ws), Some(q)) = (&self.ws, &self.region) {
+        self.annotate.inspector.editor_for = None;
+        self.drop_stale_selection();
+    }
+
+    /// Clears a selected region or candidate that no longer exists.
+    fn drop_stale_selection(&mut self) {
+        let Some(ws) = &self.ws else { return };
+        if let Some(q) = &self.sel.region {
             if ws.region_index(q).is_none() {
-                self.region = None;
-                self.candidate = None;
+                self.sel.region = None;
+                self.sel.candidate = None;
             }
         }
-        if let (Some(ws), Some(c)) = (&self.ws, self.candidate) {
-            if c >= ws.candidates.len() {
-                self.candidate = None;
+        if self.sel.candidate.is_some_and(|c| c >= ws.candidates.len()) {
+            self.sel.candidate = None;
+        }
+    }
+
+    /// Carries out what the panels asked for this frame, in order.
+    pub fn apply_commands(&mut self) {
+        for c in std::mem::take(&mut self.commands) {
+            // Anything but more typing ends the text edit session first.
+            if !matches!(c, Command::PreviewText { .. } | Command::Status(_)) {
+                self.commit_text();
+            }
+            match c {
+                Command::Open(dir) => self.open(dir),
+                Command::SelectImage(i) => {
+                    self.sel.image = Some(i);
+                    self.sel.candidate = None;
+                    self.annotate.view.fit();
+                    self.sel.region = self.ws.as_ref().and_then(|ws| {
+                        let id = ws.dataset.images.get(i)?.id;
+                        ws.regions_of(id).first().map(|&r| ws.regions[r].id.clone())
+                    });
+                }
+                Command::SelectRegion(q) => {
+                    self.sel.region = Some(q);
+                    self.sel.candidate = None;
+                }
+                Command::SelectCandidate(c) => self.sel.candidate = c,
+                Command::Apply(e) => {
+                    self.apply(*e);
+                    self.drop_stale_selection();
+                    if self.sel.candidate.is_none() {
+                        self.annotate.inspector.editor_for = None;
+                    }
+                }
+                Command::PreviewText { id, text } => {
+                    let Some(ws) = &mut self.ws else { continue };
+                    let Some(ci) = ws.candidate_index(&id) else {
+                        continue;
+                    };
+                    match &mut self.text {
+                        Some(t) if t.id == id => t.after = text.clone(),
+                        _ => {
+                            self.commit_text();
+                            let Some(ws) = &self.ws else { continue };
+                            self.text = Some(TextSession {
+                                id: id.clone(),
+                                before: ws.candidates[ci].text.clone(),
+                                after: text.clone(),
+                            });
+                        }
+                    }
+                    if let Some(ws) = &mut self.ws {
+                        ws.preview_text(&id, &text);
+                    }
+                }
+                Command::CommitText => {}
+                Command::Undo => self.undo(false),
+                Command::Redo => self.undo(true),
+                Command::Export => self.export(),
+                Command::Status(s) => self.status = s,
             }
         }
     }
 
-    fn select_image(&mut self, image: usize) {
-        self.image = Some(image);
-        self.view.fit();
-        self.candidate = None;
-        self.region = self.ws.as_ref().and_then(|ws| {
-            let id = ws.dataset.images[image].id;
-            ws.regions_of(id).first().map(|&r| ws.regions[r].id.clone())
-        });
+    fn export(&mut self) {
+        let Some(ws) = &self.ws else { return };
+        if self.exporting.is_some() {
+            return;
+        }
+        // Pairs at the λ and threshold on screen come from memory; files
+        // and crops are written off the UI thread.
+        let job = ws.export_job(self.live.lambda, self.live.iou);
+        self.status = "exporting…".into();
+        self.exporting = Some(Promise::spawn_thread("export", move || match job.run() {
+            Ok((out, n, issues)) => Ok(format!(
+                "exported {n} pairs ({} skipped) to {}",
+                issues.len(),
+                out.display()
+            )),
+            Err(e) => Err(format!("export failed: {e}")),
+        }));
     }
 
     fn top_bar(&mut self, ui: &mut egui::Ui) {
@@ -241,34 +355,45 @@ impl WorkbenchApp {
                     .set_title("Open an SPR project folder")
                     .pick_folder()
                 {
-                    self.open(dir);
+                    self.commands.push(Command::Open(dir));
                 }
             }
             ui.menu_button("Recent", |ui| {
-                for p in self.recent.clone() {
+                for p in &self.recent {
                     if ui.button(p.display().to_string()).clicked() {
-                        self.open(p);
+                        self.commands.push(Command::Open(p.clone()));
                         ui.close();
                     }
                 }
             });
             ui.separator();
+            for (tab, name) in [
+                (Tab::Annotate, "Annotate"),
+                (Tab::Training, "Training"),
+                (Tab::Evaluation, "Evaluation"),
+            ] {
+                if ui.selectable_label(self.tab == tab, name).clicked() && self.tab != tab {
+                    self.commands.push(Command::CommitText);
+                    self.tab = tab;
+                }
+            }
+            ui.separator();
             let (can_undo, can_redo) = self
                 .ws
                 .as_ref()
-                .map(|w| (w.can_undo(), w.can_redo()))
+                .map(|w| (w.can_undo() || self.text.is_some(), w.can_redo()))
                 .unwrap_or_default();
             if ui
                 .add_enabled(can_undo, egui::Button::new("Undo"))
                 .clicked()
             {
-                self.undo(false);
+                self.commands.push(Command::Undo);
             }
             if ui
                 .add_enabled(can_redo, egui::Button::new("Redo"))
                 .clicked()
             {
-                self.undo(true);
+                self.commands.push(Command::Redo);
             }
             ui.separator();
             if self.busy() {
@@ -278,303 +403,9 @@ impl WorkbenchApp {
         });
     }
 
-    fn browser(&mut self, ui: &mut egui::Ui) {
-        let Some(ws) = &self.ws else { return };
-        ui.heading("Images");
-        ui.horizontal(|ui| {
-            ui.label("objects ≥");
-            ui.add(egui::DragValue::new(&mut self.filter.min_objects).range(0..=500));
-        });
-        let cat_name = |c: Option<usize>| {
-            c.map_or("any category".to_string(), |c| {
-                ws.dataset.categories[c].name.clone()
-            })
-        };
-        egui::ComboBox::from_id_salt("category")
-            .selected_text(cat_name(self.filter.category))
-            .show_ui(ui, |ui| {
-                ui.selectable_value(&mut self.filter.category, None, "any category");
-                for (i, c) in ws.dataset.categories.iter().enumerate() {
-                    ui.selectable_value(&mut self.filter.category, Some(i), &c.name);
-                }
-            });
-        ui.checkbox(&mut self.filter.sort_worst, "worst localization first");
-        ui.separator();
-        let list = browser_list(ws, &self.filter, self.lambda, self.iou);
-        let mut clicked = None;
-        let ctx = ui.ctx().clone();
-        egui::ScrollArea::vertical().show_rows(ui, 40.0, list.len(), |ui, range| {
-            for &(i, score) in &list[range] {
-                let info = &ws.dataset.images[i];
-                ui.horizontal(|ui| {
-                    let thumb = self.images.thumb(&ctx, i, || ws.dataset.image_path(i));
-                    match thumb {
-                        Some(Ok(t)) => {
-                            ui.add(egui::Image::new(t).fit_to_exact_size(egui::vec2(48.0, 36.0)));
-                        }
-                        Some(Err(_)) => {
-                            ui.add_sized(
-                                [48.0, 36.0],
-                                egui::Label::new(
-                                    RichText::new("no image").small().color(colors::UNMATCHED),
-                                ),
-                            );
-                        }
-                        None => {
-                            ui.add_sized([48.0, 36.0], egui::Spinner::new());
-                        }
-                    }
-                    let n = ws.dataset.objects_of(i).len();
-                    let text = match score {
-                        Some(s) => format!("{}\n{n} objects · loc {s:.2}", info.file_name),
-                        None => format!("{}\n{n} objects", info.file_name),
-                    };
-                    if ui.selectable_label(self.image == Some(i), text).clicked() {
-                        clicked = Some(i);
-                    }
-                });
-            }
-        });
-        if let Some(i) = clicked {
-            self.select_image(i);
-        }
-    }
-
-    fn inspector(&mut self, ui: &mut egui::Ui) {
-        let Some(ws) = &self.ws else { return };
-        ui.heading("Inspector");
-        ui.add(egui::Slider::new(&mut self.lambda, 0.0..=1.0).text("λ (semantic weight)"));
-        ui.add(egui::Slider::new(&mut self.iou, 0.5..=0.95).text("IoU threshold"));
-        let semantic_missing = ws.scores.values().any(|s| s.semantic.is_none());
-        if semantic_missing {
-            ui.label(
-                RichText::new("Semantic score missing for some candidates (no CLIP scorer has run): their composite is the localization score alone.")
-                    .small()
-                    .color(colors::MISSED),
-            );
-        }
-        ui.separator();
-        let Some(image) = self.image else {
-            ui.label("Pick an image in the browser.");
-            return;
-        };
-        let image_id = ws.dataset.images[image].id;
-        let mut new_region: Option<RegionRecord> = None;
-        ui.horizontal(|ui| {
-            ui.label("Regions");
-            if ui.button("Random region").clicked() {
-                new_region = ws.random_region(image, self.random_seed);
-                self.random_seed += 1;
-                if new_region.is_none() {
-                    self.status = "no further region can be grown on this image".into();
-                }
-            }
-            ui.toggle_value(&mut self.view.draw_mode, "Draw region");
-        });
-        let mut pick_region = None;
-        for r in ws.regions_of(image_id) {
-            let reg = &ws.regions[r];
-            let label = format!(
-                "{} · {} objects · {:?}",
-                reg.id,
-                reg.objects.len(),
-                reg.source
-            );
-            if ui
-                .selectable_label(self.region.as_deref() == Some(&reg.id), label)
-                .clicked()
-            {
-                pick_region = Some(reg.id.clone());
-            }
-        }
-        if let Some(r) = new_region {
-            self.region = Some(r.id.clone());
-            self.candidate = None;
-            self.apply(Edit::AddRegion(r));
-            return;
-        }
-        if let Some(q) = pick_region {
-            self.region = Some(q);
-            self.candidate = None;
-        }
-        let Some(q) = self.region.clone() else { return };
-        let Some(ws) = &self.ws else { return };
-        ui.separator();
-        ui.label(RichText::new(format!("Candidates of {q}")).strong());
-        let ranking = ws.ranking(&q, self.lambda, self.iou);
-        let (chosen, rejected) = ws.chosen_rejected(&q, self.lambda, self.iou);
-        let mark = ws.mark_of(&q).cloned();
-        let mut edits: Vec<Edit> = Vec::new();
-        egui::Grid::new("candidates")
-            .striped(true)
-            .num_columns(6)
-            .show(ui, |ui| {
-                for h in ["#", "candidate", "sem", "loc", "comp", "mark"] {
-                    ui.label(RichText::new(h).strong());
-                }
-                ui.end_row();
-                for (rank, r) in ranking.iter().enumerate() {
-                    let c = &ws.candidates[r.candidate];
-                    ui.label(format!("{}", rank + 1));
-                    let name = c.source.rsplit(':').next().unwrap_or(&c.source);
-                    if ui
-                        .selectable_label(
-                            self.candidate == Some(r.candidate),
-                            format!("{name} ({})", c.id),
-                        )
-                        .clicked()
-                    {
-                        self.candidate = Some(r.candidate);
-                    }
-                    ui.label(
-                        r.components
-                            .semantic
-                            .map_or("—".to_string(), |s| format!("{s:.3}")),
-                    );
-                    ui.label(format!("{:.3}", r.components.localization));
-                    ui.label(format!("{:.3}", r.composite));
-                    ui.horizontal(|ui| {
-                        let is_c = chosen == Some(r.candidate);
-                        let is_r = rejected == Some(r.candidate);
-                        let by_hand_c =
-                            mark.as_ref().and_then(|m| m.chosen.as_ref()) == Some(&c.id);
-                        let by_hand_r =
-                            mark.as_ref().and_then(|m| m.rejected.as_ref()) == Some(&c.id);
-                        let tag = |on: bool, hand: bool, s: &str| {
-                            let t = if hand {
-                                format!("{s} (hand)")
-                            } else {
-                                s.to_string()
-                            };
-                            if on {
-                                RichText::new(t).strong()
-                            } else {
-                                RichText::new(t).weak()
-                            }
-                        };
-                        if ui
-                            .selectable_label(is_c, tag(is_c, by_hand_c, "chosen"))
-                            .on_hover_text("mark as chosen (click again to clear a hand mark)")
-                            .clicked()
-                        {
-                            let v = if by_hand_c { None } else { Some(c.id.clone()) };
-                            edits.push(ws.mark_edit(&q, MarkKind::Chosen, v));
-                        }
-                        if ui
-                            .selectable_label(is_r, tag(is_r, by_hand_r, "rejected"))
-                            .on_hover_text("mark as rejected (click again to clear a hand mark)")
-                            .clicked()
-                        {
-                            let v = if by_hand_r { None } else { Some(c.id.clone()) };
-                            edits.push(ws.mark_edit(&q, MarkKind::Rejected, v));
-                        }
-                    });
-                    ui.end_row();
-                }
-            });
-        // Text editor of the selected candidate: re-parsed and re-scored live.
-        if let Some(ci) = self.candidate.filter(|&c| c < ws.candidates.len()) {
-            if self.editor_for != Some(ci) {
-                self.editor = ws.candidates[ci].text.clone();
-                self.editor_for = Some(ci);
-            }
-            ui.separator();
-            ui.label(RichText::new("Text").strong());
-            let resp = ui.add(
-                egui::TextEdit::multiline(&mut self.editor)
-                    .desired_rows(4)
-                    .desired_width(f32::INFINITY),
-            );
-            if resp.changed() && self.editor != ws.candidates[ci].text {
-                edits.push(Edit::SetText {
-                    id: ws.candidates[ci].id.clone(),
-                    before: ws.candidates[ci].text.clone(),
-                    after: self.editor.clone(),
-                });
-            }
-            if let Some(s) = ws.scores.get(&ws.candidates[ci].id) {
-                for issue in &s.parse_issues {
-                    ui.label(
-                        RichText::new(issue.to_string())
-                            .small()
-                            .color(colors::MISSED),
-                    );
-                }
-            }
-            if chosen == Some(ci) {
-                if let Some(refined) = ws.refined_text(ci) {
-                    ui.label(RichText::new("Refined (as exported)").strong());
-                    ui.label(RichText::new(refined).small());
-                }
-            }
-        }
-        ui.separator();
-        ui.label("New candidate");
-        ui.add(
-            egui::TextEdit::multiline(&mut self.new_candidate)
-                .desired_rows(2)
-                .desired_width(f32::INFINITY)
-                .hint_text("grounded text in the project's box syntax, on the crop"),
-        );
-        if ui.button("Add candidate").clicked() && !self.new_candidate.trim().is_empty() {
-            let c = ws.manual_candidate(&q, &self.new_candidate);
-            self.new_candidate.clear();
-            edits.push(Edit::AddCandidate(c));
-        }
-        for e in edits {
-            self.apply(e);
-        }
-    }
-
-    fn export_button(&mut self, ui: &mut egui::Ui) {
-        if ui
-            .add_enabled(self.exporting.is_none(), egui::Button::new("Export pairs"))
-            .clicked()
-        {
-            let Some(ws) = &self.ws else { return };
-            // Pairs come from memory; files and crops are written off the UI thread.
-            let job = ws.export_job(self.lambda);
-            self.status = "exporting…".into();
-            self.exporting = Some(Promise::spawn_thread("export", move || match job.run() {
-                Ok((out, n, issues)) => Ok(format!(
-                    "exported {n} pairs ({} skipped) to {}",
-                    issues.len(),
-                    out.display()
-                )),
-                Err(e) => Err(format!("export failed: {e}")),
-            }));
-        }
-    }
-
-    fn problems(&self, ui: &mut egui::Ui) {
-        let Some(ws) = &self.ws else { return };
-        let image_problem = self.image.and_then(|i| self.images.error(i));
-        if ws.problems.is_empty() && image_problem.is_none() {
-            return;
-        }
-        egui::CollapsingHeader::new(format!(
-            "Problems ({})",
-            ws.problems.len() + usize::from(image_problem.is_some())
-        ))
-        .id_salt("problems")
-        .default_open(false)
-        .show(ui, |ui| {
-            egui::ScrollArea::vertical()
-                .max_height(160.0)
-                .show(ui, |ui| {
-                    if let Some(e) = image_problem {
-                        ui.label(RichText::new(e).small().color(colors::UNMATCHED));
-                    }
-                    for p in &ws.problems {
-                        ui.label(RichText::new(p).small());
-                    }
-                });
-        });
-    }
-
-    fn canvas(&mut self, ui: &mut egui::Ui) {
-        let ctx = ui.ctx().clone();
-        let Some(ws) = &self.ws else {
+    /// The central area when no project is open.
+    fn no_project(&self, ui: &mut egui::Ui) {
+        egui::CentralPanel::default().show(ui, |ui| {
             ui.centered_and_justified(|ui| {
                 ui.label(if self.loading.is_some() {
                     "Opening project…"
@@ -582,232 +413,8 @@ impl WorkbenchApp {
                     "No project open"
                 })
             });
-            return;
-        };
-        let Some(image) = self.image else {
-            ui.centered_and_justified(|ui| ui.label("Pick an image in the browser."));
-            return;
-        };
-        let info = &ws.dataset.images[image];
-        let size = [info.width as f32, info.height as f32];
-        let boxes = overlay_boxes(
-            ws,
-            image,
-            self.region.as_deref(),
-            self.candidate,
-            self.lambda,
-            self.iou,
-        );
-        let tex = self
-            .images
-            .full(&ctx, image, || ws.dataset.image_path(image))
-            .map(|r| r.as_ref().map_err(String::as_str));
-        let (texture, error) = match tex {
-            Some(Ok(t)) => (Some(t.clone()), None),
-            Some(Err(e)) => (None, Some(e.to_string())),
-            None => (None, None),
-        };
-        let action = canvas::show(
-            ui,
-            &mut self.view,
-            texture.as_ref(),
-            error.as_deref(),
-            size,
-            &boxes,
-            self.renderer,
-        );
-        match action {
-            Some(CanvasAction::DrewRegion(b)) => {
-                let r = ws.manual_region(image, b);
-                self.status = format!("region {} drawn: {} objects", r.id, r.objects.len());
-                self.region = Some(r.id.clone());
-                self.candidate = None;
-                self.apply(Edit::AddRegion(r));
-            }
-            Some(CanvasAction::MovedBox { index, to }) => {
-                if let Some(e) = self.candidate.and_then(|c| ws.move_box_edit(c, index, to)) {
-                    self.editor_for = None;
-                    self.apply(e);
-                }
-            }
-            None => {}
-        }
-    }
-}
-
-/// The browser's rows: (image index, image localization score), filtered and sorted.
-pub fn browser_list(
-    ws: &Workspace,
-    f: &BrowserFilter,
-    lambda: f32,
-    iou: f32,
-) -> Vec<(usize, Option<f32>)> {
-    let mut rows: Vec<(usize, Option<f32>)> = (0..ws.dataset.images.len())
-        .filter(|&i| ws.dataset.objects_of(i).len() >= f.min_objects)
-        .filter(|&i| {
-            f.category.is_none_or(|c| {
-                ws.dataset
-                    .objects_of(i)
-                    .any(|o| ws.dataset.objects.category[o] as usize == c)
-            })
-        })
-        .map(|i| {
-            (
-                i,
-                if f.sort_worst {
-                    ws.image_localization(ws.dataset.images[i].id, lambda, iou)
-                } else {
-                    None
-                },
-            )
-        })
-        .collect();
-    if f.sort_worst {
-        rows.sort_by(|a, b| {
-            a.1.unwrap_or(f32::INFINITY)
-                .total_cmp(&b.1.unwrap_or(f32::INFINITY))
         });
     }
-    rows
-}
-
-/// Everything drawn over the image: ground truth, crowd boxes, the region
-/// and its crop, and the selected candidate's boxes coloured by their match.
-pub fn overlay_boxes(
-    ws: &Workspace,
-    image: usize,
-    region: Option<&str>,
-    candidate: Option<usize>,
-    lambda: f32,
-    iou: f32,
-) -> Vec<OverlayBox> {
-    let ds = &ws.dataset;
-    let mut out = Vec::new();
-    let pre = ws.project.config.dataset.preprocess();
-    let region = region
-        .and_then(|q| ws.region_index(q))
-        .map(|r| &ws.regions[r]);
-    let ranked = region
-        .map(|r| ws.ranking(&r.id, lambda, iou))
-        .unwrap_or_default();
-    let selected = candidate.and_then(|c| ranked.iter().find(|r| r.candidate == c));
-    let region_objects: Vec<u64> = region.map(|r| r.objects.clone()).unwrap_or_default();
-    for o in ds.objects_of(image) {
-        let b = ds.objects.bbox[o];
-        let name = ds.category_name(o).to_string();
-        if ds.objects.crowd[o] {
-            out.push(OverlayBox {
-                bbox: b,
-                style: BoxInstance::outline(b.into(), colors::CROWD, 1.0).dashed(4.0),
-                label: Some(format!("{name} (crowd)")),
-                tooltip: Some(format!("{name}: crowd box, kept out of matching")),
-                candidate_box: None,
-            });
-            continue;
-        }
-        let in_region = region_objects.contains(&ds.objects.id[o]);
-        let gt_index = region_objects.iter().position(|&id| id == ds.objects.id[o]);
-        let matched =
-            selected.and_then(|s| gt_index.and_then(|g| s.loc.matches.iter().find(|m| m.gt == g)));
-        let (color, dash, tooltip) = match (selected.is_some() && in_region, matched) {
-            (true, Some(m)) => (
-                colors::GT,
-                0.0,
-                format!(
-                    "{name} (ground truth)\nmatched by box {} at IoU {:.3}",
-                    m.pred + 1,
-                    m.iou
-                ),
-            ),
-            (true, None) => (
-                colors::MISSED,
-                6.0,
-                format!("{name} (ground truth)\nmissed at IoU ≥ {iou:.2}"),
-            ),
-            _ => {
-                let small = if ws.dataset.is_usable(o, &pre) {
-                    ""
-                } else {
-                    " · below the area limit"
-                };
-                (colors::GT, 0.0, format!("{name} (ground truth){small}"))
-            }
-        };
-        out.push(OverlayBox {
-            bbox: b,
-            style: BoxInstance::outline(b.into(), color, if in_region { 2.0 } else { 1.0 })
-                .dashed(dash),
-            label: Some(name),
-            tooltip: Some(tooltip),
-            candidate_box: None,
-        });
-    }
-    if let Some(r) = region {
-        out.push(OverlayBox {
-            bbox: r.crop,
-            style: BoxInstance::outline(r.crop.into(), colors::REGION, 1.0).dashed(8.0),
-            label: None,
-            tooltip: None,
-            candidate_box: None,
-        });
-        out.push(OverlayBox {
-            bbox: r.region,
-            style: BoxInstance::outline(r.region.into(), colors::REGION, 2.5),
-            label: Some(format!("region {}", r.id)),
-            tooltip: None,
-            candidate_box: None,
-        });
-    }
-    if let (Some(s), Some(r)) = (selected, region) {
-        let gt = ws.region_gt(r).unwrap_or_default();
-        if let Some(score) = ws.scores.get(&ws.candidates[s.candidate].id) {
-            for (i, b) in score.boxes.iter().enumerate() {
-                let unmatched = s.loc.unmatched_preds.contains(&i);
-                let best = gt.iter().map(|g| g.iou(*b)).fold(0.0f32, f32::max);
-                let color = if unmatched {
-                    colors::UNMATCHED
-                } else {
-                    colors::MATCHED
-                };
-                let what = if unmatched {
-                    "matches no region object"
-                } else {
-                    "matches a region object"
-                };
-                out.push(OverlayBox {
-                    bbox: *b,
-                    style: BoxInstance::outline((*b).into(), color, 2.5).filled(0.10),
-                    label: Some(format!("{}", i + 1)),
-                    tooltip: Some(format!("box {} of the candidate: {what}\nbest IoU with the region's objects {best:.3}", i + 1)),
-                    candidate_box: Some(i),
-                });
-            }
-            // The detector's boxes for the candidate's phrases: predictions
-            // after the written ones.
-            let written = score.boxes.len();
-            for (j, d) in score.detections.iter().enumerate() {
-                let unmatched = s.loc.unmatched_preds.contains(&(written + j));
-                let best = gt.iter().map(|g| g.iou(d.bbox)).fold(0.0f32, f32::max);
-                let fill = if unmatched { 0.0 } else { 0.12 };
-                out.push(OverlayBox {
-                    bbox: d.bbox,
-                    style: BoxInstance::outline(d.bbox.into(), colors::DETECTED, 1.5)
-                        .dashed(5.0)
-                        .filled(fill),
-                    label: Some(format!("det {}", j + 1)),
-                    tooltip: Some(format!(
-                        "detector box {} for \"{}\" (confidence {:.2}): {}\nbest IoU with the region's objects {best:.3}",
-                        j + 1,
-                        d.phrase,
-                        d.score,
-                        if unmatched { "matches no region object" } else { "matches a region object" }
-                    )),
-                    candidate_box: None,
-                });
-            }
-        }
-    }
-    out
 }
 
 impl eframe::App for WorkbenchApp {
@@ -824,28 +431,29 @@ impl eframe::App for WorkbenchApp {
             (undo, redo)
         });
         if redo {
-            self.undo(true);
+            self.commands.push(Command::Redo);
         } else if undo {
-            self.undo(false);
+            self.commands.push(Command::Undo);
         }
         egui::Panel::top("top").show(ui, |ui| self.top_bar(ui));
-        egui::Panel::left("browser")
-            .default_size(250.0)
-            .min_size(250.0)
-            .resizable(true)
-            .show(ui, |ui| self.browser(ui));
-        egui::Panel::right("inspector")
-            .default_size(420.0)
-            .resizable(true)
-            .show(ui, |ui| {
-                egui::ScrollArea::vertical().show(ui, |ui| {
-                    self.inspector(ui);
-                    ui.separator();
-                    self.export_button(ui);
-                    self.problems(ui);
-                });
-            });
-        egui::CentralPanel::default().show(ui, |ui| self.canvas(ui));
+        match (self.tab, &self.ws) {
+            (_, None) => self.no_project(ui),
+            (Tab::Annotate, Some(ws)) => {
+                let mut cx = Cx {
+                    ws,
+                    sel: &self.sel,
+                    live: &mut self.live,
+                    images: &mut self.images,
+                    renderer: self.renderer,
+                    exporting: self.exporting.is_some(),
+                    commands: &mut self.commands,
+                };
+                self.annotate.show(ui, &mut cx);
+            }
+            (Tab::Training, Some(_)) => self.training.show(ui),
+            (Tab::Evaluation, Some(_)) => self.evaluation.show(ui, &mut self.images, self.renderer),
+        }
+        self.apply_commands();
         if self.busy() {
             ctx.request_repaint_after(std::time::Duration::from_millis(50));
         }
@@ -853,5 +461,17 @@ impl eframe::App for WorkbenchApp {
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         eframe::set_value(storage, RECENT_KEY, &self.recent);
+    }
+
+    fn on_exit(&mut self) {
+        // Text typed but not yet committed is saved, not lost: commit it
+        // and wait (briefly) for the background writer.
+        self.commit_text();
+        let start = std::time::Instant::now();
+        while self.ws.as_ref().is_some_and(|w| w.pending_writes() > 0)
+            && start.elapsed() < std::time::Duration::from_secs(5)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }

@@ -84,14 +84,50 @@ const INSTANCE_ATTRIBUTES: [wgpu::VertexAttribute; 6] = wgpu::vertex_attr_array!
     0 => Float32x4, 1 => Float32x4, 2 => Float32, 3 => Float32, 4 => Float32, 5 => Float32
 ];
 
-/// The pipeline and its buffers, kept in egui_wgpu's callback resources.
+/// The pipeline, kept in egui_wgpu's callback resources, with one
+/// [`Slot`] of buffers per canvas: two canvases in one frame (chosen
+/// beside rejected, an evaluation sample beside the annotation view) each
+/// draw their own boxes, because every callback writes and binds its own.
 pub struct OverlayResources {
     pipeline: wgpu::RenderPipeline,
+    bind_group_layout: wgpu::BindGroupLayout,
+    slots: std::collections::HashMap<egui::Id, Slot>,
+}
+
+/// The uniforms and boxes of one canvas.
+struct Slot {
     bind_group: wgpu::BindGroup,
     globals: wgpu::Buffer,
     instances: wgpu::Buffer,
     instance_capacity: usize,
     instance_count: u32,
+}
+
+impl Slot {
+    fn new(device: &wgpu::Device, layout: &wgpu::BindGroupLayout) -> Slot {
+        let globals = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("spr-boxes-globals"),
+            size: std::mem::size_of::<Globals>() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("spr-boxes"),
+            layout,
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: globals.as_entire_binding(),
+            }],
+        });
+        let instance_capacity = 1024;
+        Slot {
+            bind_group,
+            globals,
+            instances: OverlayResources::instance_buffer(device, instance_capacity),
+            instance_capacity,
+            instance_count: 0,
+        }
+    }
 }
 
 impl OverlayResources {
@@ -150,33 +186,14 @@ impl OverlayResources {
             multiview_mask: None,
             cache: None,
         });
-        let globals = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("spr-boxes-globals"),
-            size: std::mem::size_of::<Globals>() as u64,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("spr-boxes"),
-            layout: &bind_group_layout,
-            entries: &[wgpu::BindGroupEntry {
-                binding: 0,
-                resource: globals.as_entire_binding(),
-            }],
-        });
-        let instance_capacity = 1024;
-        let instances = Self::instance_buffer(device, instance_capacity);
         render_state
             .renderer
             .write()
             .callback_resources
             .insert(OverlayResources {
                 pipeline,
-                bind_group,
-                globals,
-                instances,
-                instance_capacity,
-                instance_count: 0,
+                bind_group_layout,
+                slots: Default::default(),
             });
     }
 
@@ -192,6 +209,8 @@ impl OverlayResources {
 
 /// The paint callback of one canvas: its uniforms and boxes.
 pub struct OverlayCallback {
+    /// The canvas (its buffers' key).
+    pub canvas: egui::Id,
     /// Uniforms.
     pub globals: Globals,
     /// The boxes.
@@ -210,13 +229,18 @@ impl egui_wgpu::CallbackTrait for OverlayCallback {
         let Some(r) = resources.get_mut::<OverlayResources>() else {
             return Vec::new();
         };
-        if self.instances.len() > r.instance_capacity {
-            r.instance_capacity = self.instances.len().next_power_of_two();
-            r.instances = OverlayResources::instance_buffer(device, r.instance_capacity);
+        let layout = &r.bind_group_layout;
+        let slot = r
+            .slots
+            .entry(self.canvas)
+            .or_insert_with(|| Slot::new(device, layout));
+        if self.instances.len() > slot.instance_capacity {
+            slot.instance_capacity = self.instances.len().next_power_of_two();
+            slot.instances = OverlayResources::instance_buffer(device, slot.instance_capacity);
         }
-        queue.write_buffer(&r.globals, 0, bytemuck::bytes_of(&self.globals));
-        queue.write_buffer(&r.instances, 0, bytemuck::cast_slice(&self.instances));
-        r.instance_count = self.instances.len() as u32;
+        queue.write_buffer(&slot.globals, 0, bytemuck::bytes_of(&self.globals));
+        queue.write_buffer(&slot.instances, 0, bytemuck::cast_slice(&self.instances));
+        slot.instance_count = self.instances.len() as u32;
         Vec::new()
     }
 
@@ -229,26 +253,34 @@ impl egui_wgpu::CallbackTrait for OverlayCallback {
         let Some(r) = resources.get::<OverlayResources>() else {
             return;
         };
-        if r.instance_count == 0 {
+        let Some(slot) = r.slots.get(&self.canvas) else {
+            return;
+        };
+        if slot.instance_count == 0 {
             return;
         }
         render_pass.set_pipeline(&r.pipeline);
-        render_pass.set_bind_group(0, &r.bind_group, &[]);
-        render_pass.set_vertex_buffer(0, r.instances.slice(..));
-        // One draw call for every box: 6 vertices per instance.
-        render_pass.draw(0..6, 0..r.instance_count);
+        render_pass.set_bind_group(0, &slot.bind_group, &[]);
+        render_pass.set_vertex_buffer(0, slot.instances.slice(..));
+        // One draw call for every box of this canvas: 6 vertices per instance.
+        render_pass.draw(0..6, 0..slot.instance_count);
     }
 }
 
 /// The egui shape that draws `instances` over `rect` with `globals`.
 pub fn paint_callback(
+    canvas: egui::Id,
     rect: egui::Rect,
     globals: Globals,
     instances: Arc<Vec<BoxInstance>>,
 ) -> egui::Shape {
     egui::Shape::Callback(egui_wgpu::Callback::new_paint_callback(
         rect,
-        OverlayCallback { globals, instances },
+        OverlayCallback {
+            canvas,
+            globals,
+            instances,
+        },
     ))
 }
 

@@ -247,9 +247,13 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     };
     let stop = stop_on_signals()?;
     let pb = bar(0, "eval");
+    let lines = super::progress_lines();
     let mut progress = |done: usize, total: usize| {
         pb.set_length(total as u64);
         pb.set_position(done as u64);
+        if lines {
+            eprintln!("eval {done}/{total}");
+        }
     };
     let result = evaluate(&bundle, &set, &opts, &mut progress, &stop);
     pb.finish_and_clear();

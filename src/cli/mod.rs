@@ -410,6 +410,13 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     b
 }
 
+/// Whether progress should also be printed as plain `what done/total`
+/// lines on stderr (`SPR_PROGRESS=lines`: the GUI sets it for the `spr`
+/// processes it starts, whose stderr is a file, not a terminal).
+fn progress_lines() -> bool {
+    std::env::var("SPR_PROGRESS").is_ok_and(|v| v == "lines")
+}
+
 /// A flag set by Ctrl-C or SIGTERM, so long work can stop cleanly (a
 /// second signal exits at once).
 fn stop_on_signals() -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {

@@ -12,6 +12,7 @@
 //! - [`data`]: REC sets (MDETR-style COCO JSON, plain JSONL).
 //! - [`profile`]: how each model family is asked and how it answers.
 
+pub mod compare;
 pub mod data;
 pub mod profile;
 
@@ -190,6 +191,25 @@ pub mod eval_files {
     pub const REPORT: &str = "report.json";
     /// One [`super::RecSample`] per line.
     pub const SAMPLES: &str = "samples.jsonl";
+}
+
+/// Reads a per-sample file (`samples.jsonl` of an evaluation folder, or
+/// `eval/step-N.jsonl` of a run): the records, and each unreadable line
+/// as `line N: why`.
+pub fn read_samples(path: &std::path::Path) -> std::io::Result<(Vec<RecSample>, Vec<String>)> {
+    let text = std::fs::read_to_string(path)?;
+    let mut samples = Vec::new();
+    let mut errors = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(s) => samples.push(s),
+            Err(e) => errors.push(format!("line {}: {e}", i + 1)),
+        }
+    }
+    Ok((samples, errors))
 }
 
 /// `report.json` of an evaluation folder: what was evaluated, with what,

@@ -23,6 +23,7 @@
 
 pub mod config;
 pub mod events;
+pub mod tail;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -390,9 +391,25 @@ impl RunOverview {
     /// Reads a run's summary.
     pub fn read(run: &RunDir) -> Result<Self, RunError> {
         let (events, _) = run.read_events()?;
-        let status = match run.lock_holder() {
+        Ok(Self::from_events(
+            run,
+            run.read_config().ok(),
+            &events,
+            run.lock_holder(),
+        ))
+    }
+
+    /// The summary of events already read (`lock` as
+    /// [`RunDir::lock_holder`] gives it).
+    pub fn from_events(
+        run: &RunDir,
+        config: Option<TrainConfig>,
+        events: &[Event],
+        lock: Option<Option<u32>>,
+    ) -> Self {
+        let status = match lock {
             Some(pid) => RunStatus::Running { pid },
-            None => status_from_events(&events),
+            None => status_from_events(events),
         };
         let last_step = events.iter().rev().find_map(|e| match e {
             Event::Step(s) => Some(s),
@@ -402,15 +419,15 @@ impl RunOverview {
             Event::Eval(s) => Some(s.clone()),
             _ => None,
         });
-        Ok(Self {
+        Self {
             run: run.clone(),
-            config: run.read_config().ok(),
+            config,
             status,
             steps_done: last_step.map_or(0, |s| s.step),
             last_loss: last_step.map(|s| s.loss),
             last_accuracy: last_step.and_then(|s| s.rewards_accuracies),
             last_eval,
-        })
+        }
     }
 }
 

@@ -7,8 +7,11 @@
 //! the GUI offers is plain library code, tested without a window, and the
 //! files it writes are the same ones the CLI reads.
 
+mod index;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::core::dataset::Dataset;
 use crate::core::geometry::Bbox;
@@ -60,6 +63,10 @@ pub enum Edit {
         /// Text after.
         after: String,
     },
+    /// A region without candidates was deleted.
+    RemoveRegion(RegionRecord),
+    /// A hand-written candidate was deleted.
+    RemoveCandidate(CandidateRecord),
     /// A query's marks changed.
     SetMark {
         /// The query.
@@ -76,6 +83,8 @@ impl Edit {
         match self {
             Edit::AddRegion(r) => Inverse::RemoveRegion(r.id.clone()),
             Edit::AddCandidate(c) => Inverse::RemoveCandidate(c.id.clone()),
+            Edit::RemoveRegion(r) => Inverse::Edit(Box::new(Edit::AddRegion(r.clone()))),
+            Edit::RemoveCandidate(c) => Inverse::Edit(Box::new(Edit::AddCandidate(c.clone()))),
             Edit::SetText { id, before, after } => Inverse::Edit(Box::new(Edit::SetText {
                 id: id.clone(),
                 before: after.clone(),
@@ -141,6 +150,10 @@ pub struct Workspace {
     /// Problems met while opening: dataset issues and bad lines, as text.
     pub problems: Vec<String>,
     object_ids: HashMap<u64, usize>,
+    index: index::Index,
+    /// Counts every change of the records (the ranking cache's key).
+    revision: u64,
+    cache: Mutex<index::RankCache>,
     writer: Option<project::BackgroundWriter>,
     undo: Vec<Edit>,
     redo: Vec<Edit>,
@@ -175,6 +188,7 @@ impl Workspace {
         let scores: Vec<ScoreRecord> = read_optional(&project, files::SCORES, &mut problems)?;
         let marks = read_optional(&project, files::MARKS, &mut problems)?;
         let object_ids = pipeline::object_ids(&dataset);
+        let index = index::Index::build(&regions, &candidates);
         Ok(Workspace {
             project,
             dataset,
@@ -187,6 +201,9 @@ impl Workspace {
             marks,
             problems,
             object_ids,
+            index,
+            revision: 0,
+            cache: Mutex::default(),
             writer: None,
             undo: Vec::new(),
             redo: Vec::new(),
@@ -200,26 +217,46 @@ impl Workspace {
 
     /// Indices of the regions of image `image_id`.
     pub fn regions_of(&self, image_id: u64) -> Vec<usize> {
-        (0..self.regions.len())
-            .filter(|&i| self.regions[i].image_id == image_id)
-            .collect()
+        self.index
+            .regions_of_image
+            .get(&image_id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Index of region `query_id`.
     pub fn region_index(&self, query_id: &str) -> Option<usize> {
-        self.regions.iter().position(|r| r.id == query_id)
+        self.index.region_by_id.get(query_id).copied()
     }
 
     /// Indices of the candidates of `query_id`.
     pub fn candidates_of(&self, query_id: &str) -> Vec<usize> {
-        (0..self.candidates.len())
-            .filter(|&i| self.candidates[i].query_id == query_id)
-            .collect()
+        self.index
+            .candidates_of_query
+            .get(query_id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Index of candidate `id`.
     pub fn candidate_index(&self, id: &str) -> Option<usize> {
-        self.candidates.iter().position(|c| c.id == id)
+        self.index.candidate_by_id.get(id).copied()
+    }
+
+    /// Counts every change of the records since the project was opened.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    fn cache(&self) -> MutexGuard<'_, index::RankCache> {
+        // A panic while the cache was held leaves nothing half-written
+        // that matters: entries are inserted whole.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records changed: the ranking cache is stale.
+    fn touched(&mut self) {
+        self.revision += 1;
     }
 
     /// The region's ground-truth boxes (its objects), or an issue.
@@ -239,27 +276,59 @@ impl Workspace {
 
     /// The candidates of `query_id` ranked best first at `lambda`, with the
     /// localization score recomputed at `match_iou` from the stored boxes,
-    /// written and detected (no model runs: this is instant).
-    pub fn ranking(&self, query_id: &str, lambda: f32, match_iou: f32) -> Vec<Ranked> {
+    /// written and detected (no model runs: this is instant, and cached
+    /// until the records, λ or the threshold change).
+    pub fn ranking(&self, query_id: &str, lambda: f32, match_iou: f32) -> Arc<Vec<Ranked>> {
+        if let Some(r) = self
+            .cache()
+            .at(self.revision, lambda, match_iou)
+            .rankings
+            .get(query_id)
+        {
+            return Arc::clone(r);
+        }
+        let ranked = Arc::new(self.rank(query_id, lambda, match_iou));
+        self.cache()
+            .at(self.revision, lambda, match_iou)
+            .rankings
+            .insert(query_id.to_string(), Arc::clone(&ranked));
+        ranked
+    }
+
+    /// The localization score of a stored candidate's predictions (written
+    /// boxes then the detector's, as `spr score` takes P) at `match_iou`.
+    fn localization_at(
+        &self,
+        gt: &[Bbox],
+        stored: Option<&ScoreRecord>,
+        match_iou: f32,
+    ) -> LocScore {
+        let boxes: Vec<Bbox> = stored
+            .map(|s| {
+                let mut b = s.boxes.clone();
+                b.extend(s.detections.iter().map(|d| d.bbox));
+                b
+            })
+            .unwrap_or_default();
+        scores::localization_score(
+            gt,
+            &boxes,
+            self.project.config.scoring.localization,
+            match_iou,
+        )
+    }
+
+    fn rank(&self, query_id: &str, lambda: f32, match_iou: f32) -> Vec<Ranked> {
         let Some(region) = self.region_index(query_id).map(|i| &self.regions[i]) else {
             return Vec::new();
         };
         let gt = self.region_gt(region).unwrap_or_default();
-        let variant = self.project.config.scoring.localization;
         let mut out: Vec<Ranked> = self
             .candidates_of(query_id)
             .into_iter()
             .map(|ci| {
                 let stored = self.scores.get(&self.candidates[ci].id);
-                // Written boxes then the detector's, as `spr score` takes P.
-                let boxes: Vec<Bbox> = stored
-                    .map(|s| {
-                        let mut b = s.boxes.clone();
-                        b.extend(s.detections.iter().map(|d| d.bbox));
-                        b
-                    })
-                    .unwrap_or_default();
-                let loc = scores::localization_score(&gt, &boxes, variant, match_iou);
+                let loc = self.localization_at(&gt, stored, match_iou);
                 let components = Components {
                     semantic: stored.and_then(|s| s.semantic),
                     localization: loc.score,
@@ -298,7 +367,7 @@ impl Workspace {
 
     /// The refined text of a candidate (its boxes snapped to the annotations
     /// or removed), rendered in its own syntax and frame.
-    pub fn refined_text(&self, candidate: usize) -> Option<String> {
+    pub fn refined_text(&self, candidate: usize, match_iou: f32) -> Option<String> {
         let c = &self.candidates[candidate];
         let region = &self.regions[self.region_index(&c.query_id)?];
         let gt = self.region_gt(region).ok()?;
@@ -310,12 +379,7 @@ impl Workspace {
             .map(|o| self.dataset.objects.bbox[o])
             .collect();
         let parsed = pipeline::parse_candidate(c, region);
-        let refined = scores::refine(
-            &parsed.text,
-            &gt,
-            &annotations,
-            self.project.config.scoring.match_iou,
-        );
+        let refined = scores::refine(&parsed.text, &gt, &annotations, match_iou);
         Some(render_in_frame(&refined, c, region))
     }
 
@@ -345,16 +409,38 @@ impl Workspace {
     /// region's best candidate (`None` when the image has no scored region).
     /// The browser sorts by it, worst first.
     pub fn image_localization(&self, image_id: u64, lambda: f32, match_iou: f32) -> Option<f32> {
-        let tops: Vec<f32> = self
-            .regions_of(image_id)
-            .iter()
-            .filter_map(|&r| {
-                self.ranking(&self.regions[r].id, lambda, match_iou)
-                    .first()
-                    .map(|t| t.loc.score)
-            })
-            .collect();
-        (!tops.is_empty()).then(|| tops.iter().sum::<f32>() / tops.len() as f32)
+        self.image_localizations(lambda, match_iou)
+            .get(&image_id)
+            .copied()
+    }
+
+    /// [`Workspace::image_localization`] of every image that has one,
+    /// computed once per `(records, λ, IoU)`.
+    pub fn image_localizations(&self, lambda: f32, match_iou: f32) -> Arc<HashMap<u64, f32>> {
+        if let Some(m) = &self
+            .cache()
+            .at(self.revision, lambda, match_iou)
+            .image_scores
+        {
+            return Arc::clone(m);
+        }
+        let mut sums: HashMap<u64, (f32, usize)> = HashMap::new();
+        for r in &self.regions {
+            if let Some(top) = self.ranking(&r.id, lambda, match_iou).first() {
+                let e = sums.entry(r.image_id).or_default();
+                e.0 += top.loc.score;
+                e.1 += 1;
+            }
+        }
+        let m: Arc<HashMap<u64, f32>> = Arc::new(
+            sums.into_iter()
+                .map(|(id, (s, n))| (id, s / n as f32))
+                .collect(),
+        );
+        self.cache()
+            .at(self.revision, lambda, match_iou)
+            .image_scores = Some(Arc::clone(&m));
+        m
     }
 
     /// A region drawn by hand on image index `image` (not yet applied: pass
@@ -438,6 +524,38 @@ impl Workspace {
         }
     }
 
+    /// The edit that deletes a hand-written candidate; model-written and
+    /// imported ones are kept (they are data, not edits), with the reason.
+    pub fn remove_candidate_edit(&self, candidate: usize) -> Result<Edit, String> {
+        let c = self
+            .candidates
+            .get(candidate)
+            .ok_or_else(|| "no such candidate".to_string())?;
+        if c.source != "manual" {
+            return Err(format!(
+                "candidate {} comes from {:?}: only hand-written candidates can be deleted",
+                c.id, c.source
+            ));
+        }
+        Ok(Edit::RemoveCandidate(c.clone()))
+    }
+
+    /// The edit that deletes a region that has no candidates (drawn by
+    /// hand, or sampled and found useless; undoable like every edit).
+    pub fn remove_region_edit(&self, query_id: &str) -> Result<Edit, String> {
+        let r = self
+            .region_index(query_id)
+            .map(|i| &self.regions[i])
+            .ok_or_else(|| format!("no region {query_id}"))?;
+        let n = self.candidates_of(query_id).len();
+        if n > 0 {
+            return Err(format!(
+                "region {query_id} has {n} candidates: delete them first"
+            ));
+        }
+        Ok(Edit::RemoveRegion(r.clone()))
+    }
+
     /// The edit that sets (or, with `None`, clears) one mark of a query.
     pub fn mark_edit(&self, query_id: &str, kind: MarkKind, candidate: Option<String>) -> Edit {
         let before = self.mark_of(query_id).cloned();
@@ -475,11 +593,13 @@ impl Workspace {
         match edit.inverse() {
             Inverse::RemoveRegion(id) => {
                 self.regions.retain(|r| r.id != id);
+                self.reindex();
                 self.save(files::REGIONS)?;
             }
             Inverse::RemoveCandidate(id) => {
                 self.candidates.retain(|c| c.id != id);
                 self.scores.remove(&id);
+                self.reindex();
                 self.save(files::CANDIDATES)?;
                 self.save(files::SCORES)?;
             }
@@ -509,15 +629,47 @@ impl Workspace {
         !self.redo.is_empty()
     }
 
+    /// Rebuilds the lookups after records were removed.
+    fn reindex(&mut self) {
+        self.index = index::Index::build(&self.regions, &self.candidates);
+        self.touched();
+    }
+
+    /// Shows `text` as candidate `id`'s text, re-scored, without saving it
+    /// or recording an undo step: what typing does until the edit session
+    /// ends, when the app applies one [`Edit::SetText`] from the text
+    /// before the session to the last one (one undo step, one write).
+    pub fn preview_text(&mut self, id: &str, text: &str) {
+        if let Some(i) = self.candidate_index(id) {
+            self.candidates[i].text = text.to_string();
+            self.rescore(id);
+        }
+    }
+
     fn apply_raw(&mut self, edit: &Edit) -> Result<(), ProjectError> {
+        self.touched();
         match edit {
             Edit::AddRegion(r) => {
                 self.regions.push(r.clone());
+                self.index.add_region(self.regions.len() - 1, r);
                 self.save(files::REGIONS)
             }
             Edit::AddCandidate(c) => {
                 self.candidates.push(c.clone());
+                self.index.add_candidate(self.candidates.len() - 1, c);
                 self.rescore(&c.id);
+                self.save(files::CANDIDATES)?;
+                self.save(files::SCORES)
+            }
+            Edit::RemoveRegion(r) => {
+                self.regions.retain(|x| x.id != r.id);
+                self.reindex();
+                self.save(files::REGIONS)
+            }
+            Edit::RemoveCandidate(c) => {
+                self.candidates.retain(|x| x.id != c.id);
+                self.scores.remove(&c.id);
+                self.reindex();
                 self.save(files::CANDIDATES)?;
                 self.save(files::SCORES)
             }
@@ -544,6 +696,7 @@ impl Workspace {
     /// Recompute the localization components of one candidate. A changed
     /// text makes a stored semantic score stale, so it is dropped.
     fn rescore(&mut self, candidate_id: &str) {
+        self.touched();
         let Some(ci) = self.candidate_index(candidate_id) else {
             return;
         };
@@ -615,14 +768,30 @@ impl Workspace {
         }
     }
 
-    /// SPR pairs of the whole project at `lambda` (marks applied).
-    pub fn pairs(&self, lambda: f32) -> (Vec<PairRecord>, PairStats, Vec<StageIssue>) {
+    /// SPR pairs of the whole project at `lambda` and the IoU threshold
+    /// `match_iou` (marks applied): the pairs the GUI shows at those
+    /// settings, whatever threshold `spr score` stored its scores at.
+    pub fn pairs(
+        &self,
+        lambda: f32,
+        match_iou: f32,
+    ) -> (Vec<PairRecord>, PairStats, Vec<StageIssue>) {
         let mut scoring = self.project.config.scoring.clone();
         scoring.lambda = lambda;
+        scoring.match_iou = match_iou;
+        let same_threshold = match_iou == self.project.config.scoring.match_iou;
         let scores: Vec<ScoreRecord> = self
             .candidates
             .iter()
-            .filter_map(|c| self.scores.get(&c.id).cloned())
+            .filter_map(|c| {
+                let mut s = self.scores.get(&c.id)?.clone();
+                if !same_threshold {
+                    let region = &self.regions[self.region_index(&c.query_id)?];
+                    let gt = self.region_gt(region).unwrap_or_default();
+                    s.localization = self.localization_at(&gt, Some(&s), match_iou).score;
+                }
+                Some(s)
+            })
             .collect();
         pipeline::build_pairs(
             &self.dataset,
@@ -635,10 +804,11 @@ impl Workspace {
         )
     }
 
-    /// Everything an export at `lambda` needs, computed from memory; run it
-    /// with [`ExportJob::run`] (off the UI thread if need be).
-    pub fn export_job(&self, lambda: f32) -> ExportJob {
-        let (pairs, _, issues) = self.pairs(lambda);
+    /// Everything an export at `lambda` and `match_iou` needs, computed
+    /// from memory; run it with [`ExportJob::run`] (off the UI thread if
+    /// need be).
+    pub fn export_job(&self, lambda: f32, match_iou: f32) -> ExportJob {
+        let (pairs, _, issues) = self.pairs(lambda, match_iou);
         ExportJob {
             pairs,
             issues,
@@ -752,7 +922,7 @@ mod tests {
         let e = ws.mark_edit(&q, MarkKind::Chosen, Some(ws.candidates[pick].id.clone()));
         ws.apply(e).unwrap();
         assert_eq!(ws.chosen_rejected(&q, 0.8, 0.5), (Some(pick), auto_r));
-        let (pairs, stats, _) = ws.pairs(0.8);
+        let (pairs, stats, _) = ws.pairs(0.8, 0.5);
         assert_eq!(stats.manual, 1);
         let p = pairs.iter().find(|p| p.query_id == q).unwrap();
         assert!(p.manual);
@@ -784,5 +954,132 @@ mod tests {
                 .unwrap()
                 > 0.9
         );
+    }
+
+    #[test]
+    fn exported_pairs_follow_the_threshold_on_screen() {
+        let (_tmp, dir) = demo_copy();
+        let mut ws = Workspace::open(&dir).unwrap();
+        assert_eq!(ws.project.config.scoring.match_iou, 0.5);
+        // A hand-chosen jittered candidate: its score depends on the threshold.
+        let q = ws.regions[0].id.clone();
+        let jittered = ws
+            .candidates_of(&q)
+            .into_iter()
+            .find(|&c| ws.candidates[c].source.ends_with("jittered"))
+            .unwrap();
+        let e = ws.mark_edit(
+            &q,
+            MarkKind::Chosen,
+            Some(ws.candidates[jittered].id.clone()),
+        );
+        ws.apply(e).unwrap();
+        // Pairs exported at a threshold are the pairs the screen shows at
+        // it, with the scores the screen shows (not the stored ones).
+        let mut rescored = 0;
+        for iou in [0.5, 0.9] {
+            let (pairs, _, _) = ws.pairs(0.0, iou);
+            assert!(!pairs.is_empty());
+            for p in &pairs {
+                let (c, r) = ws.chosen_rejected(&p.query_id, 0.0, iou);
+                assert_eq!(Some(&p.chosen_id), c.map(|c| &ws.candidates[c].id));
+                assert_eq!(Some(&p.rejected_id), r.map(|r| &ws.candidates[r].id));
+                let ranked = ws.ranking(&p.query_id, 0.0, iou);
+                let shown = |id: &str| {
+                    ranked
+                        .iter()
+                        .find(|x| ws.candidates[x.candidate].id == id)
+                        .unwrap()
+                        .components
+                        .localization
+                };
+                assert_eq!(p.chosen_scores.localization, shown(&p.chosen_id));
+                assert_eq!(p.rejected_scores.localization, shown(&p.rejected_id));
+                rescored += usize::from(
+                    p.chosen_scores.localization != ws.scores[&p.chosen_id].localization
+                        || p.rejected_scores.localization != ws.scores[&p.rejected_id].localization,
+                );
+            }
+        }
+        assert!(rescored > 0, "no pair's scores moved with the threshold");
+    }
+
+    #[test]
+    fn typing_is_one_undo_step_and_one_write() {
+        let (_tmp, dir) = demo_copy();
+        let mut ws = Workspace::open(&dir).unwrap();
+        let q = ws.regions[0].id.clone();
+        let ci = ws.candidates_of(&q)[0];
+        let id = ws.candidates[ci].id.clone();
+        let before = ws.candidates[ci].text.clone();
+        let loc_before = ws.scores[&id].localization;
+        let on_disk = std::fs::read_to_string(dir.join(files::CANDIDATES)).unwrap();
+        let rev = ws.revision();
+        // Keystrokes: previewed and re-scored, neither saved nor undoable.
+        let mut typed = String::new();
+        for ch in "no boxes here".chars() {
+            typed.push(ch);
+            ws.preview_text(&id, &typed);
+        }
+        assert!(ws.revision() > rev);
+        assert_eq!(ws.scores[&id].localization, 0.0);
+        assert!(loc_before > 0.0);
+        assert!(!ws.can_undo());
+        assert_eq!(
+            std::fs::read_to_string(dir.join(files::CANDIDATES)).unwrap(),
+            on_disk
+        );
+        // The session ends: one edit from the text before it.
+        ws.apply(Edit::SetText {
+            id: id.clone(),
+            before: before.clone(),
+            after: typed.clone(),
+        })
+        .unwrap();
+        assert!(Workspace::open(&dir).unwrap().candidates[ci].text == typed);
+        assert!(ws.undo().unwrap());
+        assert!(!ws.can_undo());
+        assert_eq!(ws.candidates[ci].text, before);
+        assert_eq!(ws.scores[&id].localization, loc_before);
+    }
+
+    #[test]
+    fn lookups_stay_in_step_with_edits_and_undo() {
+        let (_tmp, dir) = demo_copy();
+        let mut ws = Workspace::open(&dir).unwrap();
+        let check = |ws: &Workspace| {
+            for (i, r) in ws.regions.iter().enumerate() {
+                assert_eq!(ws.region_index(&r.id), Some(i));
+                assert!(ws.regions_of(r.image_id).contains(&i));
+            }
+            for (i, c) in ws.candidates.iter().enumerate() {
+                assert_eq!(ws.candidate_index(&c.id), Some(i));
+                assert!(ws.candidates_of(&c.query_id).contains(&i));
+            }
+            let n: usize = ws
+                .regions
+                .iter()
+                .map(|r| r.image_id)
+                .collect::<std::collections::HashSet<_>>()
+                .iter()
+                .map(|&id| ws.regions_of(id).len())
+                .sum();
+            assert_eq!(n, ws.regions.len());
+        };
+        check(&ws);
+        let r = ws.manual_region(0, Bbox::new(10.0, 10.0, 200.0, 150.0));
+        ws.apply(Edit::AddRegion(r.clone())).unwrap();
+        let c = ws.manual_candidate(&r.id, "x");
+        ws.apply(Edit::AddCandidate(c.clone())).unwrap();
+        check(&ws);
+        assert_eq!(ws.candidates_of(&r.id), vec![ws.candidates.len() - 1]);
+        let ranked = ws.ranking(&r.id, 0.5, 0.5);
+        assert_eq!(ranked.len(), 1);
+        ws.undo().unwrap();
+        ws.undo().unwrap();
+        check(&ws);
+        assert!(ws.region_index(&r.id).is_none() && ws.candidate_index(&c.id).is_none());
+        // The cache was dropped with the records.
+        assert!(ws.ranking(&r.id, 0.5, 0.5).is_empty());
     }
 }

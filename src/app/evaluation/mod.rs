@@ -391,7 +391,11 @@ impl EvalView {
                 }
             });
         if resp.response.clicked() {
-            if let Some(pos) = resp.response.interact_pointer_pos() {
+            if let Some(pos) = resp
+                .response
+                .interact_pointer_pos()
+                .filter(|p| resp.response.rect.contains(*p))
+            {
                 let x = resp.transform.value_from_position(pos).x;
                 clicked = REC_THRESHOLDS
                     .iter()

@@ -273,12 +273,24 @@ impl TrainingView {
                 });
             });
         egui::CentralPanel::default().show(ui, |ui| {
+            // A crashed run's output comes first: it is what to read.
+            let crashed = self
+                .focus
+                .as_deref()
+                .and_then(|f| self.run(f))
+                .is_some_and(|r| matches!(r.overview.status, RunStatus::Crashed { .. }));
             egui::ScrollArea::vertical().show(ui, |ui| {
+                if crashed {
+                    self.output(ui);
+                    ui.separator();
+                }
                 self.plots(ui);
                 ui.separator();
                 self.compare_configs(ui);
-                ui.separator();
-                self.output(ui);
+                if !crashed {
+                    ui.separator();
+                    self.output(ui);
+                }
             });
         });
         if self

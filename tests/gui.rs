@@ -316,3 +316,51 @@ fn canvas_snapshot_with_wgpu_overlays() {
         .ok();
     h.snapshot("canvas_demo");
 }
+
+#[test]
+fn keyboard_moves_between_images_and_picks_candidates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    copy_demo(&dir);
+    let mut h = harness(dir, false);
+    assert_eq!(h.state().sel.image, None);
+    // Browser order is file order here (no sorting).
+    h.key_press(egui::Key::D);
+    settle(&mut h);
+    assert_eq!(h.state().sel.image, Some(0));
+    h.key_press(egui::Key::D);
+    h.step();
+    h.key_press(egui::Key::ArrowRight);
+    settle(&mut h);
+    assert_eq!(h.state().sel.image, Some(2));
+    h.key_press(egui::Key::A);
+    settle(&mut h);
+    assert_eq!(h.state().sel.image, Some(1));
+    h.key_press(egui::Key::ArrowLeft);
+    h.step();
+    h.key_press(egui::Key::ArrowLeft);
+    settle(&mut h);
+    assert_eq!(h.state().sel.image, Some(0), "clamped at the first image");
+    // 2 picks the candidate ranked second; C marks it chosen; H hides overlays.
+    h.key_press(egui::Key::Num2);
+    settle(&mut h);
+    let app = h.state();
+    let ws = app.ws.as_ref().unwrap();
+    let q = app.sel.region.clone().unwrap();
+    let second = ws.ranking(&q, app.live.lambda, app.live.iou)[1].candidate;
+    assert_eq!(app.sel.candidate, Some(second));
+    h.key_press(egui::Key::C);
+    settle(&mut h);
+    let app = h.state();
+    let ws = app.ws.as_ref().unwrap();
+    assert_eq!(
+        ws.mark_of(&q).and_then(|m| m.chosen.clone()),
+        Some(ws.candidates[second].id.clone())
+    );
+    h.key_press(egui::Key::H);
+    h.step();
+    assert!(h.state().annotate.hide_overlays);
+    h.key_press(egui::Key::F1);
+    h.step();
+    h.get_by_label("Keyboard shortcuts");
+}

@@ -98,7 +98,7 @@ fn launch(h: &mut Harness<'static, WorkbenchApp>, name: &str, model: &str, steps
 #[test]
 fn runs_launch_finish_stop_resume_and_crash_from_the_window() {
     let (_tmp, dir) = project();
-    let mut h = harness(dir.clone(), false);
+    let mut h = harness(dir.clone(), true);
     h.get_by_label("Training").click();
     h.step();
     assert_eq!(h.state().tab, Tab::Training);
@@ -116,6 +116,14 @@ fn runs_launch_finish_stop_resume_and_crash_from_the_window() {
         3
     );
     assert!(dir.join("runs/three/stderr.log").is_file());
+    // The README's picture of the training view (not compared: loss
+    // values may differ in the last bits between machines).
+    h.state_mut().training.focus = None;
+    h.step();
+    h.render()
+        .expect("wgpu renders")
+        .save(Path::new(env!("CARGO_MANIFEST_DIR")).join("target/gui-training.png"))
+        .ok();
 
     // A long run stopped from the window: a checkpoint, status stopped.
     launch(&mut h, "long", &tiny_model(), 5000);

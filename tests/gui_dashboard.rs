@@ -279,6 +279,10 @@ fn evaluation_fixture_curve_failing_samples_and_two_canvases() {
     h.step();
     // Two canvases in one frame: tuned's matched prediction (green) on the
     // left, base's missed one (red) on the right, each its own boxes.
+    // The pointer out of the way: where a label was clicked depends on
+    // how many frames the auto-sized table columns took to settle.
+    h.hover_at(egui::Pos2::new(4.0, 850.0));
+    h.step();
     let image = h.render().expect("wgpu renders");
     h.snapshot("evaluation_view");
     // Both panes show the same image at the same scale, so the image's own

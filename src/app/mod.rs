@@ -270,7 +270,7 @@ impl WorkbenchApp {
     }
 
     /// Carries out what the panels asked for this frame, in order.
-    pub fn apply_commands(&mut self) {
+    pub fn apply_commands(&mut self, ctx: &egui::Context) {
         for c in std::mem::take(&mut self.commands) {
             // Anything but more typing ends the text edit session first.
             if !matches!(c, Command::PreviewText { .. } | Command::Status(_)) {
@@ -286,6 +286,12 @@ impl WorkbenchApp {
                         let id = ws.dataset.images.get(i)?.id;
                         ws.regions_of(id).first().map(|&r| ws.regions[r].id.clone())
                     });
+                    // Start decoding now, not when the canvas first asks.
+                    if let Some(ws) = &self.ws {
+                        if i < ws.dataset.images.len() {
+                            self.images.full(ctx, &ws.dataset.image_path(i));
+                        }
+                    }
                 }
                 Command::SelectRegion(q) => {
                     self.sel.region = Some(q);
@@ -453,7 +459,7 @@ impl eframe::App for WorkbenchApp {
             (Tab::Training, Some(_)) => self.training.show(ui),
             (Tab::Evaluation, Some(_)) => self.evaluation.show(ui, &mut self.images, self.renderer),
         }
-        self.apply_commands();
+        self.apply_commands(&ctx);
         if self.busy() {
             ctx.request_repaint_after(std::time::Duration::from_millis(50));
         }

@@ -301,3 +301,51 @@ fn evaluation_fixture_curve_failing_samples_and_two_canvases() {
     assert!(gl - gr > 100, "green left {gl}, right {gr}");
     assert!(rr - rl > 100, "red left {rl}, right {rr}");
 }
+
+#[test]
+fn generate_streams_a_regions_candidates_into_the_project() {
+    let (_tmp, dir) = project();
+    let mut h = harness(dir.clone(), false);
+    h.get_by_label_contains("scene_003.png").click();
+    wait(&mut h, 30, "image selected", |a| a.sel.region.is_some());
+    let q = h.state().sel.region.clone().unwrap();
+    let before = h.state().ws.as_ref().unwrap().candidates_of(&q).len();
+    h.state_mut().annotate.model = tiny_model();
+    h.step();
+    h.get_by_label("Generate").click();
+    h.step();
+    assert!(
+        h.state().annotate.generating.is_some(),
+        "{}",
+        h.state().status
+    );
+    wait(&mut h, 300, "generation ends", |a| {
+        a.annotate.generating.is_none()
+    });
+    assert!(
+        h.state().status.starts_with("generated 8 candidates"),
+        "{}",
+        h.state().status
+    );
+    // The demo's [generate]: 4 prompts × 2 samples, by the model, saved.
+    let app = h.state();
+    let ws = app.ws.as_ref().unwrap();
+    let new: Vec<_> = ws.candidates_of(&q)[before..]
+        .iter()
+        .map(|&c| ws.candidates[c].clone())
+        .collect();
+    assert_eq!(new.len(), 8);
+    assert!(new
+        .iter()
+        .all(|c| c.generation.is_some() && c.query_id == q));
+    assert!(new.iter().all(|c| ws.scores.contains_key(&c.id)));
+    let wait_start = Instant::now();
+    while app.busy() && wait_start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let on_disk = std::fs::read_to_string(dir.join("candidates.jsonl")).unwrap();
+    assert!(new.iter().all(|c| on_disk.contains(&c.id)));
+    assert!(!dir.join(spr_workbench::app::annotate::GUI_OUT).exists());
+    // One undo takes the last generated candidate back out.
+    assert!(app.ws.as_ref().unwrap().can_undo());
+}

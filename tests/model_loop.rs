@@ -51,6 +51,7 @@ fn options(limit: usize) -> GenerateOptions {
         batch: 8,
         shard: None,
         limit: Some(limit),
+        queries: None,
         out: None,
     }
 }

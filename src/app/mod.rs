@@ -163,6 +163,7 @@ impl WorkbenchApp {
     pub fn busy(&self) -> bool {
         self.loading.is_some()
             || self.exporting.is_some()
+            || self.annotate.generating.is_some()
             || self.images.pending() > 0
             || self.ws.as_ref().is_some_and(|w| w.pending_writes() > 0)
     }
@@ -193,6 +194,9 @@ impl WorkbenchApp {
                     self.annotate.inspector.editor_for = None;
                     self.sel = Selection::default();
                     self.training.set_project(ws.root());
+                    if self.annotate.model.is_empty() {
+                        self.annotate.model = training::LaunchForm::for_project(ws.root()).model;
+                    }
                     self.evaluation.set_project(ws.root());
                     self.recent.retain(|p| p != &dir);
                     self.recent.insert(0, dir);
@@ -213,6 +217,39 @@ impl WorkbenchApp {
                 Ok(Ok(msg)) | Ok(Err(msg)) => self.status = msg,
                 Err(p) => self.exporting = Some(p),
             }
+        }
+    }
+
+    /// Adds the candidates a running "Generate" finished since the last
+    /// frame (one edit each: saved, undoable) and reports its end.
+    fn poll_generation(&mut self) {
+        let Some(job) = &mut self.annotate.generating else {
+            return;
+        };
+        let done = job.finished();
+        let (new, bad) = job.new_candidates();
+        if done.is_some() {
+            job.clean_up();
+            self.annotate.generating = None;
+        }
+        for c in new {
+            self.apply(Edit::AddCandidate(c));
+        }
+        if let Some(b) = bad.into_iter().next() {
+            self.status = format!("generated record not read: {b}");
+        }
+        match done {
+            Some(Ok(s)) => {
+                self.status = format!(
+                    "generated {} candidates ({} already there){} in {:.1} s",
+                    s.written,
+                    s.already_present,
+                    if s.interrupted { ", cancelled" } else { "" },
+                    s.seconds
+                )
+            }
+            Some(Err(e)) => self.status = format!("generation failed: {e}"),
+            None => {}
         }
     }
 
@@ -426,6 +463,7 @@ impl WorkbenchApp {
 impl eframe::App for WorkbenchApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         self.poll_jobs();
+        self.poll_generation();
         let ctx = ui.ctx().clone();
         self.images.poll(&ctx);
         let (undo, redo) = ctx.input_mut(|i| {

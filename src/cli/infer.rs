@@ -57,6 +57,9 @@ pub struct GenerateArgs {
     /// Only the first N queries.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Only these queries, comma-separated ids (e.g. `3-0,3-1`).
+    #[arg(long, value_delimiter = ',')]
+    pub queries: Option<Vec<String>>,
     /// Append to this file (default: candidates.jsonl, or
     /// candidates.shard-I-of-N.jsonl with --shard).
     #[arg(long)]
@@ -82,6 +85,7 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
         batch: args.batch,
         shard: args.shard,
         limit: args.limit,
+        queries: args.queries.clone(),
         out: args.out.clone(),
     };
     let stop = stop_on_signals()?;

@@ -105,6 +105,8 @@ pub struct GenerateOptions {
     pub shard: Option<Shard>,
     /// Only the first `limit` queries.
     pub limit: Option<usize>,
+    /// Only these queries (by id), e.g. the region selected in the GUI.
+    pub queries: Option<Vec<String>>,
     /// The file appended to (default: `candidates.jsonl`, or the shard's
     /// file).
     pub out: Option<PathBuf>,
@@ -276,6 +278,9 @@ pub fn generate(
     let templates = cfg.selected().map_err(InferError::Config)?;
     let ds = project.load_dataset()?;
     let (mut regions, _) = project::read_jsonl::<RegionRecord>(&project.path(files::REGIONS))?;
+    if let Some(q) = &opts.queries {
+        regions.retain(|r| q.contains(&r.id));
+    }
     regions.truncate(opts.limit.unwrap_or(usize::MAX));
     // Load (and check the adapter) before any work.
     let (bundle, adapter) = load_policy(&opts.model, opts.adapter.as_deref())?;

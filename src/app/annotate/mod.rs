@@ -3,10 +3,12 @@
 //! tools (see [`SHORTCUTS`]).
 
 mod browser;
+mod generate;
 mod inspector;
 mod overlays;
 
 pub use browser::{browser_list, BrowserFilter};
+pub use generate::{GenerateJob, GUI_OUT};
 pub use overlays::overlay_boxes;
 
 use crate::app::canvas::{self, CanvasAction, CanvasView, Renderer};
@@ -58,6 +60,11 @@ pub struct AnnotateView {
     pub hide_overlays: bool,
     /// The shortcuts window is open.
     pub show_help: bool,
+    /// The model "Generate" runs (a folder relative to the project, or a
+    /// hub id).
+    pub model: String,
+    /// The generation running for a region.
+    pub generating: Option<GenerateJob>,
 }
 
 impl AnnotateView {
@@ -85,6 +92,8 @@ impl AnnotateView {
                 ui.separator();
                 egui::ScrollArea::vertical().show(ui, |ui| {
                     self.inspector.show(ui, cx, &mut self.view.draw_mode);
+                    ui.separator();
+                    self.generate_controls(ui, cx);
                 });
             });
         egui::CentralPanel::default().show(ui, |ui| self.canvas(ui, cx));
@@ -170,6 +179,65 @@ impl AnnotateView {
             match edit {
                 Ok(e) => cx.commands.push(Command::Apply(Box::new(e))),
                 Err(why) => cx.commands.push(Command::Status(why)),
+            }
+        }
+    }
+
+    /// "Generate" for the selected region, its progress and Cancel.
+    fn generate_controls(&mut self, ui: &mut egui::Ui, cx: &mut Cx<'_>) {
+        ui.label(egui::RichText::new("Generate with a model").strong());
+        ui.horizontal(|ui| {
+            let l = ui.label("model");
+            ui.add(
+                egui::TextEdit::singleline(&mut self.model)
+                    .hint_text("llava-hf folder or hub id")
+                    .desired_width(220.0),
+            )
+            .labelled_by(l.id);
+        });
+        if let Some(job) = &self.generating {
+            let p = job.progress();
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label(format!(
+                    "{}: {}/{} sequences · {:.0} tokens/s{}",
+                    job.query,
+                    p.done,
+                    p.total,
+                    p.tokens as f64 / p.seconds.max(1e-9),
+                    if job.cancelled() {
+                        " · cancelling"
+                    } else {
+                        ""
+                    }
+                ));
+                if ui.button("Cancel generation").clicked() {
+                    job.cancel();
+                }
+            });
+            ui.ctx()
+                .request_repaint_after(std::time::Duration::from_millis(100));
+            return;
+        }
+        let Some(q) = cx.sel.region.clone() else {
+            ui.label("Select a region to generate candidates for it.");
+            return;
+        };
+        let ready = !self.model.trim().is_empty();
+        if ui
+            .add_enabled(ready, egui::Button::new("Generate"))
+            .on_hover_text("the project's [generate] prompts and samples, for this region")
+            .clicked()
+        {
+            match GenerateJob::start(cx.ws.root(), self.model.trim(), &q) {
+                Ok(j) => {
+                    cx.commands
+                        .push(Command::Status(format!("generating for {q}…")));
+                    self.generating = Some(j);
+                }
+                Err(e) => cx
+                    .commands
+                    .push(Command::Status(format!("cannot generate: {e}"))),
             }
         }
     }

@@ -349,3 +349,40 @@ fn generate_streams_a_regions_candidates_into_the_project() {
     // One undo takes the last generated candidate back out.
     assert!(app.ws.as_ref().unwrap().can_undo());
 }
+
+#[test]
+fn evaluate_from_the_window_adds_its_curve() {
+    let (_tmp, dir) = project();
+    let mut h = harness(dir.clone(), false);
+    h.get_by_label("Evaluation").click();
+    h.step();
+    {
+        let f = h.state_mut().evaluation.form.as_mut().unwrap();
+        f.name = "tiny-base".into();
+        f.model = tiny_model();
+        f.profile = "tiny".into();
+        f.limit = 6;
+    }
+    h.get_by_label_contains("Evaluate a model").click();
+    h.step();
+    h.get_by_label("Evaluate").click();
+    h.step();
+    assert!(
+        h.state().evaluation.job.is_some(),
+        "{}",
+        h.state().evaluation.message
+    );
+    wait(&mut h, 300, "evaluation ends", |a| {
+        a.evaluation.job.is_none()
+    });
+    let ev = &h.state().evaluation;
+    assert!(ev.message.ends_with("finished"), "{}", ev.message);
+    let s = ev
+        .sources
+        .iter()
+        .find(|s| s.label == "evals/tiny-base")
+        .expect("its curve is listed");
+    assert_eq!(s.samples, 6);
+    // Listed on the left, in the legend and as a table row.
+    assert!(h.get_all_by_label("evals/tiny-base").count() >= 3);
+}

@@ -163,3 +163,40 @@ impl ImageCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settle(
+        cache: &mut ImageCache,
+        ctx: &egui::Context,
+        generation_pending: impl Fn(&ImageCache) -> bool,
+    ) {
+        let start = std::time::Instant::now();
+        while generation_pending(cache) && start.elapsed() < std::time::Duration::from_secs(10) {
+            cache.poll(ctx);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn decodes_of_a_closed_project_never_appear() {
+        let ctx = egui::Context::default();
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo/images");
+        let (a, b) = (demo.join("scene_001.png"), demo.join("scene_002.png"));
+        let mut cache = ImageCache::default();
+        // Requested for the old project, then the project changes before
+        // the decode comes back.
+        assert!(cache.full(&ctx, &a).is_none());
+        cache.clear();
+        assert_eq!(cache.pending(), 0);
+        assert!(cache.full(&ctx, &b).is_none());
+        settle(&mut cache, &ctx, |c| c.pending() > 0);
+        // Give the old decode time to arrive too, then drain.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        cache.poll(&ctx);
+        assert!(matches!(cache.full.get(&b), Some(Ok(_))));
+        assert!(!cache.full.contains_key(&a), "a stale decode was kept");
+    }
+}

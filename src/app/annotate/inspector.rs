@@ -103,7 +103,6 @@ impl Inspector {
         let ws = cx.ws;
         let ranking = ws.ranking(q, lambda, iou);
         let (chosen, rejected) = ws.chosen_rejected(q, lambda, iou);
-        let mark = ws.mark_of(q).cloned();
         let selected = cx.sel.candidate;
         let commands = &mut *cx.commands;
         TableBuilder::new(ui)
@@ -155,51 +154,34 @@ impl Inspector {
                             ui.label(format!("{:.3}", r.composite));
                         });
                         row.col(|ui| {
-                            let is_c = chosen == Some(r.candidate);
-                            let is_r = rejected == Some(r.candidate);
-                            let by_hand_c =
-                                mark.as_ref().and_then(|m| m.chosen.as_ref()) == Some(&c.id);
-                            let by_hand_r =
-                                mark.as_ref().and_then(|m| m.rejected.as_ref()) == Some(&c.id);
-                            let tag = |on: bool, hand: bool, s: &str| {
-                                let t = if hand {
-                                    format!("{s} (hand)")
+                            let marks = [
+                                (MarkKind::Chosen, chosen, "chosen", "C"),
+                                (MarkKind::Rejected, rejected, "rejected", "R"),
+                            ];
+                            for (kind, effective, name, key) in marks {
+                                let on = effective == Some(r.candidate);
+                                let hand = ws.hand_mark(q, kind) == Some(&c.id);
+                                let text = if hand {
+                                    format!("{name} (hand)")
                                 } else {
-                                    s.to_string()
+                                    name.to_string()
                                 };
-                                if on {
-                                    RichText::new(t).strong()
+                                let text = if on {
+                                    RichText::new(text).strong()
                                 } else {
-                                    RichText::new(t).weak()
+                                    RichText::new(text).weak()
+                                };
+                                if ui
+                                    .selectable_label(on, text)
+                                    .on_hover_text(format!(
+                                        "mark as {name} ({key}; click again to clear a hand mark)"
+                                    ))
+                                    .clicked()
+                                {
+                                    commands.push(Command::Apply(Box::new(
+                                        ws.toggle_mark_edit(q, kind, &c.id),
+                                    )));
                                 }
-                            };
-                            if ui
-                                .selectable_label(is_c, tag(is_c, by_hand_c, "chosen"))
-                                .on_hover_text(
-                                    "mark as chosen (C; click again to clear a hand mark)",
-                                )
-                                .clicked()
-                            {
-                                let v = if by_hand_c { None } else { Some(c.id.clone()) };
-                                commands.push(Command::Apply(Box::new(ws.mark_edit(
-                                    q,
-                                    MarkKind::Chosen,
-                                    v,
-                                ))));
-                            }
-                            if ui
-                                .selectable_label(is_r, tag(is_r, by_hand_r, "rejected"))
-                                .on_hover_text(
-                                    "mark as rejected (R; click again to clear a hand mark)",
-                                )
-                                .clicked()
-                            {
-                                let v = if by_hand_r { None } else { Some(c.id.clone()) };
-                                commands.push(Command::Apply(Box::new(ws.mark_edit(
-                                    q,
-                                    MarkKind::Rejected,
-                                    v,
-                                ))));
                             }
                         });
                     });

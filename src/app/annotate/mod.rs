@@ -160,14 +160,8 @@ impl AnnotateView {
             let id = &ws.candidates[ci].id;
             for (key, kind) in [(Key::C, MarkKind::Chosen), (Key::R, MarkKind::Rejected)] {
                 if pressed(key) {
-                    let mark = ws.mark_of(&q);
-                    let current = mark.and_then(|m| match kind {
-                        MarkKind::Chosen => m.chosen.as_ref(),
-                        MarkKind::Rejected => m.rejected.as_ref(),
-                    });
-                    let v = (current != Some(id)).then(|| id.clone());
                     cx.commands
-                        .push(Command::Apply(Box::new(ws.mark_edit(&q, kind, v))));
+                        .push(Command::Apply(Box::new(ws.toggle_mark_edit(&q, kind, id))));
                 }
             }
         }

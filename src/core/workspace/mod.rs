@@ -556,6 +556,25 @@ impl Workspace {
         Ok(Edit::RemoveRegion(r.clone()))
     }
 
+    /// The candidate id a query's hand mark of `kind` names, if any.
+    pub fn hand_mark(&self, query_id: &str, kind: MarkKind) -> Option<&String> {
+        let m = self.mark_of(query_id)?;
+        match kind {
+            MarkKind::Chosen => m.chosen.as_ref(),
+            MarkKind::Rejected => m.rejected.as_ref(),
+        }
+    }
+
+    /// The edit a click (or key) on a candidate's mark makes: set the hand
+    /// mark of `kind` to `candidate_id`, or clear it when it already names
+    /// that candidate.
+    pub fn toggle_mark_edit(&self, query_id: &str, kind: MarkKind, candidate_id: &str) -> Edit {
+        let on = self
+            .hand_mark(query_id, kind)
+            .is_some_and(|id| id == candidate_id);
+        self.mark_edit(query_id, kind, (!on).then(|| candidate_id.to_string()))
+    }
+
     /// The edit that sets (or, with `None`, clears) one mark of a query.
     pub fn mark_edit(&self, query_id: &str, kind: MarkKind, candidate: Option<String>) -> Edit {
         let before = self.mark_of(query_id).cloned();

@@ -23,6 +23,7 @@
 pub mod annotate;
 pub mod canvas;
 pub mod evaluation;
+pub mod forms;
 pub mod images;
 pub mod jobs;
 pub mod overlay;
@@ -195,7 +196,7 @@ impl WorkbenchApp {
                     self.sel = Selection::default();
                     self.training.set_project(ws.root());
                     if self.annotate.model.is_empty() {
-                        self.annotate.model = training::LaunchForm::for_project(ws.root()).model;
+                        self.annotate.model = forms::ProjectDefaults::for_project(ws.root()).model;
                     }
                     self.evaluation.set_project(ws.root());
                     self.recent.retain(|p| p != &dir);

@@ -18,6 +18,7 @@ use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 pub use sources::{scan_sources, EvalSource, Loaded};
 
 use crate::app::canvas::{self, colors, CanvasView, OverlayBox, Renderer};
+use crate::app::forms::{is_plain_name, profile_combo, ProjectDefaults};
 use crate::app::images::ImageCache;
 use crate::app::jobs::{self, Job};
 use crate::app::overlay::BoxInstance;
@@ -43,21 +44,13 @@ pub struct EvalForm {
 
 impl EvalForm {
     fn for_project(root: &Path) -> EvalForm {
-        let tiny = root.join("../tiny-model").join("config.json").is_file();
+        let defaults = ProjectDefaults::for_project(root);
         EvalForm {
             name: "base".into(),
-            model: if tiny {
-                "../tiny-model".into()
-            } else {
-                String::new()
-            },
+            model: defaults.model,
             adapter: String::new(),
-            data: if root.join("rec/finetune_demo_val.json").is_file() {
-                "rec/finetune_demo_val.json".into()
-            } else {
-                String::new()
-            },
-            profile: if tiny { "tiny" } else { "llava" }.into(),
+            data: defaults.rec,
+            profile: defaults.profile,
             limit: 0,
         }
     }
@@ -85,8 +78,7 @@ impl EvalForm {
     }
 
     fn problem(&self) -> Option<&'static str> {
-        let n = self.name.trim();
-        if n.is_empty() || n.contains(['/', '\\']) || n.starts_with('.') {
+        if !is_plain_name(&self.name) {
             return Some("name: a plain folder name under evals/");
         }
         if self.model.trim().is_empty() {
@@ -299,15 +291,7 @@ impl EvalView {
                             ui.end_row();
                         }
                         ui.label("profile");
-                        egui::ComboBox::from_id_salt("eval-form-profile")
-                            .selected_text(&f.profile)
-                            .show_ui(ui, |ui| {
-                                for p in
-                                    ["llava", "ferret", "qwen", "internvl", "paligemma", "tiny"]
-                                {
-                                    ui.selectable_value(&mut f.profile, p.to_string(), p);
-                                }
-                            });
+                        profile_combo(ui, "eval-form-profile", &mut f.profile);
                         ui.end_row();
                         ui.label("limit (0: all)");
                         ui.add(egui::DragValue::new(&mut f.limit));

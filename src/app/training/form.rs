@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use crate::app::forms::{is_plain_name, profile_combo, ProjectDefaults};
 use crate::core::runs::config::Objective;
 
 /// The form's fields.
@@ -43,15 +44,10 @@ impl LaunchForm {
     /// Defaults for a project in `root`: its pairs, and the demo's tiny
     /// model and REC set when they are there.
     pub fn for_project(root: &Path) -> LaunchForm {
-        let tiny = root.join("../tiny-model");
-        let rec = root.join("rec/finetune_demo_val.json");
+        let defaults = ProjectDefaults::for_project(root);
         LaunchForm {
             name: "run-1".into(),
-            model: if tiny.join("config.json").is_file() {
-                "../tiny-model".into()
-            } else {
-                String::new()
-            },
+            model: defaults.model,
             data: ".".into(),
             objective: Objective::Dpo,
             beta: 0.1,
@@ -61,13 +57,9 @@ impl LaunchForm {
             steps: 100,
             batch: 2,
             checkpoint_every: 50,
-            eval_data: if rec.is_file() {
-                "rec/finetune_demo_val.json".into()
-            } else {
-                String::new()
-            },
+            eval_data: defaults.rec,
             eval_every: 0,
-            eval_profile: if tiny.is_dir() { "tiny" } else { "llava" }.into(),
+            eval_profile: defaults.profile,
         }
     }
 
@@ -79,7 +71,7 @@ impl LaunchForm {
     /// What is wrong with the fields, if anything.
     pub fn problem(&self, root: &Path) -> Option<String> {
         let name = self.name.trim();
-        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        if !is_plain_name(name) {
             return Some("run name: a plain folder name, e.g. dpo-beta0.1".into());
         }
         if root.join(self.run_dir()).exists() {
@@ -206,13 +198,7 @@ impl LaunchForm {
                 ui.label("eval every / profile");
                 ui.horizontal(|ui| {
                     ui.add(egui::DragValue::new(&mut self.eval_every).range(0..=10_000_000));
-                    egui::ComboBox::from_id_salt("eval-profile")
-                        .selected_text(&self.eval_profile)
-                        .show_ui(ui, |ui| {
-                            for p in ["llava", "ferret", "qwen", "internvl", "paligemma", "tiny"] {
-                                ui.selectable_value(&mut self.eval_profile, p.to_string(), p);
-                            }
-                        });
+                    profile_combo(ui, "eval-profile", &mut self.eval_profile);
                 });
                 ui.end_row();
             });

@@ -97,13 +97,7 @@ impl Job {
             return;
         }
         #[cfg(unix)]
-        {
-            // SAFETY: kill(2) with a pid we spawned and have not reaped.
-            let pid = self.child.id() as libc::pid_t;
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
+        sigterm(self.child.id());
         #[cfg(not(unix))]
         {
             let _ = self.child.kill();
@@ -121,6 +115,17 @@ impl Drop for Job {
         // Reap a finished child; a running one keeps running (a training
         // run outlives the window; its folder says how it ends).
         let _ = self.child.try_wait();
+    }
+}
+
+/// Sends SIGTERM to process `pid` (a trainer checkpoints and ends the
+/// run as stopped). Our child before it is reaped, or the pid a run's lock
+/// names while the lock is held, so the pid is not a recycled one.
+#[cfg(unix)]
+pub fn sigterm(pid: u32) {
+    // SAFETY: kill(2) has no memory effects; a wrong pid is an error code.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
     }
 }
 

@@ -159,8 +159,8 @@ impl WorkbenchApp {
     }
 
     /// Whether a background job of the window is still running (project
-    /// load, export, decodes, writes, an evaluation started here; a
-    /// training run is followed, not waited for).
+    /// load, export, decodes, writes, a "Generate"; training runs and
+    /// evaluations are child processes the views follow, not waited for).
     pub fn busy(&self) -> bool {
         self.loading.is_some()
             || self.exporting.is_some()

@@ -139,12 +139,18 @@ impl EvalView {
             label(self.baseline, &self.sources),
             label(self.focus, &self.sources),
         );
-        let old = std::mem::take(&mut self.sources);
+        let mut old = std::mem::take(&mut self.sources);
         self.sources = scan_sources(root);
-        // Keep what was already loaded and shown.
+        // Keep what was already shown and read, unless the evaluation was
+        // run again (another end time): its samples are read once, not at
+        // every rescan.
         for s in &mut self.sources {
-            if let Some(o) = old.iter().find(|o| o.label == s.label && o.time == s.time) {
+            if let Some(o) = old
+                .iter_mut()
+                .find(|o| o.label == s.label && o.time == s.time)
+            {
                 s.shown = o.shown;
+                s.loaded = o.loaded.take();
             }
         }
         let find = |l: Option<String>, s: &[EvalSource]| {

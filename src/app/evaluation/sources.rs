@@ -6,9 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::core::project;
 use crate::core::rec::compare::MatchTable;
 use crate::core::rec::data::default_image_root;
-use crate::core::rec::{eval_files, read_samples, RecRunReport, RecSample, REC_THRESHOLDS};
+use crate::core::rec::{eval_files, RecRunReport, RecSample, REC_THRESHOLDS};
 use crate::core::runs::{self, Event};
 
 /// Per-sample records of an evaluation, with their match table.
@@ -49,19 +50,24 @@ impl EvalSource {
         if self.loaded.is_some() {
             return;
         }
-        self.loaded = Some(match read_samples(&self.samples_path) {
-            Ok((samples, errors)) if errors.is_empty() => Ok(Loaded {
-                table: MatchTable::new(&samples),
-                samples,
-            }),
-            Ok((_, errors)) => Err(format!(
-                "{} unreadable lines in {}, first: {}",
-                errors.len(),
-                self.samples_path.display(),
-                errors[0]
-            )),
-            Err(e) => Err(format!("cannot read {}: {e}", self.samples_path.display())),
-        });
+        self.loaded = Some(
+            match project::read_jsonl_plain::<RecSample>(&self.samples_path) {
+                Ok((lines, errors)) if errors.is_empty() => {
+                    let samples: Vec<RecSample> = lines.into_iter().map(|(_, s)| s).collect();
+                    Ok(Loaded {
+                        table: MatchTable::new(&samples),
+                        samples,
+                    })
+                }
+                Ok((_, errors)) => Err(format!(
+                    "{} unreadable lines in {}, first: {}",
+                    errors.len(),
+                    self.samples_path.display(),
+                    errors[0]
+                )),
+                Err(e) => Err(e.to_string()),
+            },
+        );
     }
 }
 

@@ -221,10 +221,7 @@ impl TrainingView {
         } else if let RunStatus::Running { pid: Some(pid) } = r.overview.status {
             // Started elsewhere (a terminal): the same signal by pid.
             #[cfg(unix)]
-            // SAFETY: kill(2) on the pid the run's lock names.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGTERM);
-            }
+            jobs::sigterm(pid);
         }
         self.message = format!("stopping {name}: the trainer saves a checkpoint first");
     }

@@ -193,25 +193,6 @@ pub mod eval_files {
     pub const SAMPLES: &str = "samples.jsonl";
 }
 
-/// Reads a per-sample file (`samples.jsonl` of an evaluation folder, or
-/// `eval/step-N.jsonl` of a run): the records, and each unreadable line
-/// as `line N: why`.
-pub fn read_samples(path: &std::path::Path) -> std::io::Result<(Vec<RecSample>, Vec<String>)> {
-    let text = std::fs::read_to_string(path)?;
-    let mut samples = Vec::new();
-    let mut errors = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str(line) {
-            Ok(s) => samples.push(s),
-            Err(e) => errors.push(format!("line {}: {e}", i + 1)),
-        }
-    }
-    Ok((samples, errors))
-}
-
 /// `report.json` of an evaluation folder: what was evaluated, with what,
 /// and how it did; the per-sample records are beside it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

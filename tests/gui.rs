@@ -368,3 +368,44 @@ fn keyboard_moves_between_images_and_picks_candidates() {
     h.step();
     h.get_by_label("Keyboard shortcuts");
 }
+
+#[test]
+fn the_selection_follows_its_candidate_when_records_move() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    copy_demo(&dir);
+    let mut h = harness(dir, false);
+    h.get_by_label_contains("scene_003.png").click();
+    settle(&mut h);
+    // Two hand-written candidates: [… h0, h1].
+    for text in ["first", "second"] {
+        h.get_by_role(Role::MultilineTextInput).focus();
+        h.step();
+        h.get_by_role(Role::MultilineTextInput).type_text(text);
+        h.step();
+        h.get_by_label("Add candidate").click();
+        settle(&mut h);
+    }
+    let index = |h: &Harness<'static, WorkbenchApp>, id: &str| {
+        h.state().ws.as_ref().unwrap().candidate_index(id)
+    };
+    // Delete h0, undo: [… h1, h0].
+    h.get_by_label_contains("(3-0-h0)").click();
+    settle(&mut h);
+    h.key_press(egui::Key::Delete);
+    settle(&mut h);
+    assert_eq!(index(&h, "3-0-h0"), None);
+    h.key_press_modifiers(Modifiers::COMMAND, egui::Key::Z);
+    settle(&mut h);
+    // Select h0 (the last record), then undo the addition of h1, which
+    // sits before it: h0 moves down one place and stays selected.
+    h.get_by_label_contains("(3-0-h0)").click();
+    settle(&mut h);
+    let before = index(&h, "3-0-h0").unwrap();
+    assert_eq!(h.state().sel.candidate, Some(before));
+    h.key_press_modifiers(Modifiers::COMMAND, egui::Key::Z);
+    settle(&mut h);
+    assert_eq!(index(&h, "3-0-h1"), None);
+    assert_eq!(index(&h, "3-0-h0"), Some(before - 1));
+    assert_eq!(h.state().sel.candidate, Some(before - 1));
+}

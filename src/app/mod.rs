@@ -267,15 +267,18 @@ impl WorkbenchApp {
     }
 
     fn apply(&mut self, edit: Edit) {
+        let selected = self.selected_id();
         if let Some(ws) = &mut self.ws {
             if let Err(e) = ws.apply(edit) {
                 self.status = format!("not saved: {e}");
             }
         }
+        self.reselect(selected);
     }
 
     fn undo(&mut self, redo: bool) {
         self.commit_text();
+        let selected = self.selected_id();
         let Some(ws) = &mut self.ws else { return };
         let r = if redo { ws.redo() } else { ws.undo() };
         match r {
@@ -290,20 +293,33 @@ impl WorkbenchApp {
             Err(e) => self.status = format!("not saved: {e}"),
         }
         self.annotate.inspector.editor_for = None;
-        self.drop_stale_selection();
+        self.reselect(selected);
     }
 
-    /// Clears a selected region or candidate that no longer exists.
-    fn drop_stale_selection(&mut self) {
+    /// The selected candidate's id (the selection is an index, and
+    /// removing a record moves the ones after it).
+    fn selected_id(&self) -> Option<String> {
+        let ws = self.ws.as_ref()?;
+        Some(ws.candidates.get(self.sel.candidate?)?.id.clone())
+    }
+
+    /// After the records changed: the selection follows its candidate
+    /// (`selected`, from [`Self::selected_id`] before the change) to its
+    /// new index, or is cleared when it is gone, and a region that is
+    /// gone is deselected.
+    fn reselect(&mut self, selected: Option<String>) {
         let Some(ws) = &self.ws else { return };
+        let now = selected.and_then(|id| ws.candidate_index(&id));
+        if now != self.sel.candidate {
+            // The editor holds the text of the index it was loaded for.
+            self.annotate.inspector.editor_for = None;
+            self.sel.candidate = now;
+        }
         if let Some(q) = &self.sel.region {
             if ws.region_index(q).is_none() {
                 self.sel.region = None;
                 self.sel.candidate = None;
             }
-        }
-        if self.sel.candidate.is_some_and(|c| c >= ws.candidates.len()) {
-            self.sel.candidate = None;
         }
     }
 
@@ -338,7 +354,6 @@ impl WorkbenchApp {
                 Command::SelectCandidate(c) => self.sel.candidate = c,
                 Command::Apply(e) => {
                     self.apply(*e);
-                    self.drop_stale_selection();
                     if self.sel.candidate.is_none() {
                         self.annotate.inspector.editor_for = None;
                     }

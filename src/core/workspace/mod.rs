@@ -802,12 +802,17 @@ impl Workspace {
         let scores: Vec<ScoreRecord> = self
             .candidates
             .iter()
-            .filter_map(|c| {
+            .enumerate()
+            .filter_map(|(ci, c)| {
                 let mut s = self.scores.get(&c.id)?.clone();
                 if !same_threshold {
-                    let region = &self.regions[self.region_index(&c.query_id)?];
-                    let gt = self.region_gt(region).unwrap_or_default();
-                    s.localization = self.localization_at(&gt, Some(&s), match_iou).score;
+                    // The score the screen shows: the (cached) ranking's.
+                    s.localization = self
+                        .ranking(&c.query_id, lambda, match_iou)
+                        .iter()
+                        .find(|r| r.candidate == ci)?
+                        .components
+                        .localization;
                 }
                 Some(s)
             })

@@ -34,9 +34,7 @@ pub struct RunEntry {
     pub dir: RunDir,
     /// Its events so far.
     pub tail: EventTail,
-    /// Its config, once readable.
-    pub config: Option<TrainConfig>,
-    /// Status and last figures.
+    /// Status, config (once readable) and last figures.
     pub overview: RunOverview,
     /// The process, when this window started it.
     pub job: Option<Job>,
@@ -46,7 +44,6 @@ impl RunEntry {
     fn new(dir: RunDir) -> RunEntry {
         RunEntry {
             tail: EventTail::new(&dir),
-            config: None,
             overview: RunOverview::from_events(&dir, None, &[], None),
             dir,
             job: None,
@@ -56,18 +53,14 @@ impl RunEntry {
     /// Reads what changed on disk and the process's state.
     fn refresh(&mut self) {
         let _ = self.tail.poll();
-        if self.config.is_none() {
-            self.config = self.dir.read_config().ok();
-        }
-        if let Some(j) = &mut self.job {
-            j.poll();
-        }
-        self.overview = RunOverview::from_events(
-            &self.dir,
-            self.config.clone(),
-            &self.tail.events,
-            self.dir.lock_holder(),
-        );
+        // The config is written once: read until it is there.
+        let config = self
+            .overview
+            .config
+            .take()
+            .or_else(|| self.dir.read_config().ok());
+        self.overview =
+            RunOverview::from_events(&self.dir, config, &self.tail.events, self.dir.lock_holder());
         // A process of ours that has not taken the lock yet is starting.
         if let Some(j) = &mut self.job {
             if j.poll().is_none() && !matches!(self.overview.status, RunStatus::Running { .. }) {
@@ -507,7 +500,7 @@ impl TrainingView {
             .runs
             .iter()
             .filter(|r| self.selected.contains(&r.dir.name()))
-            .filter_map(|r| Some((r.dir.name(), flatten_config(r.config.as_ref()?))))
+            .filter_map(|r| Some((r.dir.name(), flatten_config(r.overview.config.as_ref()?))))
             .collect();
         if chosen.len() < 2 {
             return;

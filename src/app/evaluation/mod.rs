@@ -113,7 +113,13 @@ pub struct EvalView {
     pub message: String,
     views: [CanvasView; 2],
     last_scan: Option<std::time::Instant>,
+    /// [`EvalView::listed`] for (focus, baseline, threshold), until the
+    /// selection changes or the sources are read again.
+    listed_cache: Option<(ListedKey, Vec<usize>)>,
 }
+
+/// (focused source, baseline, threshold index).
+type ListedKey = (usize, Option<usize>, usize);
 
 impl EvalView {
     /// Follow the evaluations of the project in `root`.
@@ -158,6 +164,7 @@ impl EvalView {
         };
         self.baseline = find(base, &self.sources);
         self.focus = find(focus, &self.sources);
+        self.listed_cache = None;
         self.last_scan = Some(std::time::Instant::now());
     }
 
@@ -182,6 +189,17 @@ impl EvalView {
             return Vec::new();
         };
         let base = self.baseline.filter(|&b| b != f);
+        if let Some((key, list)) = &self.listed_cache {
+            if *key == (f, base, t) {
+                return list.clone();
+            }
+        }
+        let list = self.compute_listed(f, base, t);
+        self.listed_cache = Some(((f, base, t), list.clone()));
+        list
+    }
+
+    fn compute_listed(&mut self, f: usize, base: Option<usize>, t: usize) -> Vec<usize> {
         if let Some(b) = base {
             self.sources[b].load();
         }
@@ -508,11 +526,14 @@ impl EvalView {
             return;
         };
         let mut clicked = None;
+        // Only the rows on screen are laid out: a failing list can hold
+        // thousands of samples.
+        let row = ui.spacing().interact_size.y + ui.spacing().item_spacing.y;
         egui::ScrollArea::vertical()
             .id_salt("sample-list")
             .max_height(220.0)
-            .show(ui, |ui| {
-                for &i in &listed {
+            .show_rows(ui, row, listed.len(), |ui, range| {
+                for &i in &listed[range] {
                     let s = &now.samples[i];
                     let tag = if base.is_some() {
                         if now.table.hits[i][t] {

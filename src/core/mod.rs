@@ -19,4 +19,5 @@ pub mod runs;
 pub mod scorers;
 pub mod scores;
 pub mod segment;
+pub mod tail;
 pub mod workspace;

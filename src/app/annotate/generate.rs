@@ -9,13 +9,14 @@
 //! into the list as they finish, are saved with the project, and can be
 //! undone. The file is removed when the job ends.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::core::project::{CandidateRecord, Project};
+use crate::core::tail::LineTail;
 use crate::infer::candidates::{self, GenerateOptions, GenerateProgress, GenerateSummary};
 
 /// The file the GUI's generator appends to, in the project folder.
@@ -29,9 +30,8 @@ pub struct GenerateJob {
     stop: Arc<AtomicBool>,
     progress: Arc<Mutex<GenerateProgress>>,
     handle: Option<JoinHandle<Result<GenerateSummary, String>>>,
-    out: PathBuf,
-    /// Bytes of `out` already turned into candidates.
-    read: usize,
+    /// The generator's file, read as it grows.
+    out: LineTail,
     /// When it started.
     pub started: Instant,
 }
@@ -88,8 +88,7 @@ impl GenerateJob {
             stop,
             progress,
             handle: Some(handle),
-            out,
-            read: 0,
+            out: LineTail::new(out),
             started: Instant::now(),
         })
     }
@@ -112,24 +111,28 @@ impl GenerateJob {
     /// Candidates finished since the last call (complete lines only), and
     /// lines that did not parse, as messages.
     pub fn new_candidates(&mut self) -> (Vec<CandidateRecord>, Vec<String>) {
-        let Ok(bytes) = std::fs::read(&self.out) else {
-            return (Vec::new(), Vec::new());
+        let new = match self.out.read() {
+            Ok(new) => new,
+            Err(e) => {
+                return (
+                    Vec::new(),
+                    vec![format!("{}: {e}", self.out.path().display())],
+                )
+            }
         };
-        let Some(end) = bytes[self.read.min(bytes.len())..]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map(|e| self.read + e + 1)
-        else {
-            return (Vec::new(), Vec::new());
-        };
-        let text = String::from_utf8_lossy(&bytes[self.read..end]).into_owned();
-        self.read = end;
         let mut out = Vec::new();
         let mut bad = Vec::new();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        for (k, line) in new.text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
             match serde_json::from_str::<CandidateRecord>(line) {
                 Ok(c) => out.push(c),
-                Err(e) => bad.push(format!("{}: {e}", self.out.display())),
+                Err(e) => bad.push(format!(
+                    "{}:{}: {e}",
+                    self.out.path().display(),
+                    new.first_line + k
+                )),
             }
         }
         (out, bad)
@@ -150,6 +153,6 @@ impl GenerateJob {
 
     /// Removes the job's file (after its last candidates were read).
     pub fn clean_up(&self) {
-        let _ = std::fs::remove_file(&self.out);
+        let _ = std::fs::remove_file(self.out.path());
     }
 }

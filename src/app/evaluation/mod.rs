@@ -116,6 +116,8 @@ pub struct EvalView {
     /// [`EvalView::listed`] for (focus, baseline, threshold), until the
     /// selection changes or the sources are read again.
     listed_cache: Option<(ListedKey, Vec<usize>)>,
+    /// The runs' events, followed between scans.
+    run_tails: std::collections::HashMap<PathBuf, crate::core::runs::tail::EventTail>,
 }
 
 /// (focused source, baseline, threshold index).
@@ -146,7 +148,7 @@ impl EvalView {
             label(self.focus, &self.sources),
         );
         let mut old = std::mem::take(&mut self.sources);
-        self.sources = scan_sources(root);
+        self.sources = scan_sources(root, &mut self.run_tails);
         // Keep what was already shown and read, unless the evaluation was
         // run again (another end time): its samples are read once, not at
         // every rescan.

@@ -4,12 +4,14 @@
 //! samples in the run folder). Per-sample records are read when first
 //! needed (a click), not when the list is scanned.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::core::project;
 use crate::core::rec::compare::MatchTable;
 use crate::core::rec::data::default_image_root;
 use crate::core::rec::{eval_files, RecRunReport, RecSample, REC_THRESHOLDS};
+use crate::core::runs::tail::EventTail;
 use crate::core::runs::{self, Event};
 
 /// Per-sample records of an evaluation, with their match table.
@@ -81,8 +83,9 @@ fn resolve(root: &Path, p: &str) -> PathBuf {
 }
 
 /// Every evaluation of the project in `root`: `evals/` by name, then the
-/// runs' evaluations by run and step.
-pub fn scan_sources(root: &Path) -> Vec<EvalSource> {
+/// runs' evaluations by run and step. `tails` keeps each run's events
+/// between scans, so a scan reads only what the runs appended since.
+pub fn scan_sources(root: &Path, tails: &mut HashMap<PathBuf, EventTail>) -> Vec<EvalSource> {
     let mut out = Vec::new();
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join("evals"))
         .into_iter()
@@ -115,11 +118,14 @@ pub fn scan_sources(root: &Path) -> Vec<EvalSource> {
         });
     }
     for run in runs::list_runs(&root.join("runs")) {
-        let Ok((events, _)) = run.read_events() else {
+        let tail = tails
+            .entry(run.path.clone())
+            .or_insert_with(|| EventTail::new(&run));
+        if tail.poll().is_err() {
             continue;
-        };
+        }
         let cfg = run.read_config().ok();
-        for e in events {
+        for e in &tail.events {
             let Event::Eval(ev) = e else { continue };
             let image_root = cfg
                 .as_ref()

@@ -13,6 +13,9 @@
 //! On a machine without a GPU the adapter is Mesa's lavapipe (CPU), so the
 //! "GPU" part runs on the CPU too; the ratio is what to compare.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -153,9 +156,8 @@ fn training_view_frames() -> Vec<Duration> {
         config::TrainConfig, Event, EventLog, RunDir, RunLock, StartEvent, StepEvent,
     };
     let tmp = tempfile::tempdir().expect("temp dir");
-    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo");
     let project = tmp.path().join("demo");
-    copy_tree(&demo, &project);
+    common::copy_dir(&common::demo_dir(), &project);
     let run = RunDir::new(project.join("runs/live"));
     run.write_config(&TrainConfig::new("model", "."))
         .expect("config");
@@ -222,18 +224,6 @@ fn training_view_frames() -> Vec<Duration> {
     println!("training view: {steps} steps written and followed while drawing");
     // The first frames build the view (fonts, plots): steady state after.
     times.split_off(times.len().min(10))
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read dir").flatten() {
-        let target = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).expect("copy");
-        }
-    }
 }
 
 fn main() {

@@ -2,7 +2,7 @@
 //! line and skipped, whole files written atomically.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -32,7 +32,16 @@ pub type JsonlLines<T> = (Vec<(usize, T)>, Vec<LineError>);
 pub fn read_jsonl<T: DeserializeOwned + Versioned>(
     path: &Path,
 ) -> Result<(Vec<T>, Vec<LineError>), ProjectError> {
-    let (lines, mut errors) = read_jsonl_plain::<T>(path)?;
+    let bytes = fs::read(path).map_err(|e| ProjectError::io(path, e))?;
+    Ok(parse_jsonl(path, &bytes))
+}
+
+/// [`read_jsonl`] of the contents `bytes` of file `path`.
+pub fn parse_jsonl<T: DeserializeOwned + Versioned>(
+    path: &Path,
+    bytes: &[u8],
+) -> (Vec<T>, Vec<LineError>) {
+    let (lines, mut errors) = parse_jsonl_plain::<T>(path, bytes);
     let mut records = Vec::with_capacity(lines.len());
     for (line, r) in lines {
         if r.version() == FORMAT_VERSION {
@@ -49,30 +58,49 @@ pub fn read_jsonl<T: DeserializeOwned + Versioned>(
         }
     }
     errors.sort_by_key(|e| e.line);
-    Ok((records, errors))
+    (records, errors)
 }
 
 /// Read a JSONL file of any serde type, without version checks (for
 /// imported files such as predictions). Same error handling as [`read_jsonl`].
 pub fn read_jsonl_plain<T: DeserializeOwned>(path: &Path) -> Result<JsonlLines<T>, ProjectError> {
-    let file = fs::File::open(path).map_err(|e| ProjectError::io(path, e))?;
+    let bytes = fs::read(path).map_err(|e| ProjectError::io(path, e))?;
+    Ok(parse_jsonl_plain(path, &bytes))
+}
+
+/// [`read_jsonl_plain`] of the contents `bytes` of file `path`. A last line
+/// without its newline that does not parse is named as what it is: an
+/// append still under way in another process, or one a crash cut short
+/// (the next append removes it).
+pub fn parse_jsonl_plain<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> JsonlLines<T> {
     let mut records = Vec::new();
     let mut errors = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| ProjectError::io(path, e))?;
-        if line.trim().is_empty() {
+    let unterminated = !bytes.is_empty() && !bytes.ends_with(b"\n");
+    let count = bytes.split(|&b| b == b'\n').count();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_str::<T>(&line) {
+        match serde_json::from_slice::<T>(line) {
             Ok(r) => records.push((i + 1, r)),
-            Err(e) => errors.push(LineError {
-                file: path.to_path_buf(),
-                line: i + 1,
-                message: e.to_string(),
-            }),
+            Err(e) => {
+                let message = if unterminated && i + 1 == count {
+                    format!(
+                        "incomplete last line (an append still under way, or one cut short \
+                         by a crash; the next append removes it): {e}"
+                    )
+                } else {
+                    e.to_string()
+                };
+                errors.push(LineError {
+                    file: path.to_path_buf(),
+                    line: i + 1,
+                    message,
+                })
+            }
         }
     }
-    Ok((records, errors))
+    (records, errors)
 }
 
 /// Write `bytes` to `path` atomically ([`crate::core::atomic`]), naming
@@ -149,4 +177,104 @@ mod tests {
             .to_string()
             .starts_with(&format!("{}:5: ", path.display())));
     }
+}
+
+/// Appends `bytes` (whole JSONL lines) to `path` under its write lock, in
+/// one write, synced. A last line left without its newline by an append
+/// that was killed is cut first, so the file holds whole records only.
+pub fn append_jsonl(path: &Path, bytes: &[u8]) -> Result<(), ProjectError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let _lock = super::lock::write_lock(path)?;
+    let io = |e| ProjectError::io(path, e);
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
+        .map_err(io)?;
+    cut_partial_tail(&mut f).map_err(io)?;
+    f.write_all(bytes).and_then(|_| f.sync_data()).map_err(io)
+}
+
+/// Truncates an open file after its last newline (nothing when it ends
+/// with one or is empty).
+fn cut_partial_tail(f: &mut fs::File) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // Read backwards in chunks until a newline is found.
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let start = end.saturating_sub(buf.len() as u64);
+        let n = (end - start) as usize;
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut buf[..n])?;
+        if end == len && buf[n - 1] == b'\n' {
+            return Ok(());
+        }
+        if let Some(p) = buf[..n].iter().rposition(|&b| b == b'\n') {
+            return f.set_len(start + p as u64 + 1);
+        }
+        if start == 0 {
+            return f.set_len(0);
+        }
+        end = start;
+    }
+}
+
+/// What identifies one version of a file on disk: a write through
+/// [`write_atomic`] gives a new inode, an append a new length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+    device: u64,
+}
+
+impl Fingerprint {
+    /// The fingerprint of `path` now; `None` when it does not exist.
+    pub fn of(path: &Path) -> Option<Fingerprint> {
+        let m = fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let (inode, device) = {
+            use std::os::unix::fs::MetadataExt;
+            (m.ino(), m.dev())
+        };
+        #[cfg(not(unix))]
+        let (inode, device) = (0, 0);
+        Some(Fingerprint {
+            len: m.len(),
+            modified: m.modified().ok(),
+            inode,
+            device,
+        })
+    }
+}
+
+/// Saves the GUI's version `ours` of stage file `path` (an edit of `base`,
+/// the version it last read or saved) under the file's write lock: merged
+/// record by record into what is on disk now ([`super::merge_jsonl`]), so
+/// that records another process wrote meanwhile are kept. Returns the
+/// merge and the fingerprint of the file written.
+pub fn merge_write(
+    path: &Path,
+    key: super::MergeKey,
+    base: &[u8],
+    ours: &[u8],
+) -> Result<(super::merge::Merged, Option<Fingerprint>), ProjectError> {
+    let _lock = super::lock::write_lock(path)?;
+    let theirs = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(ProjectError::io(path, e)),
+    };
+    let merged = super::merge_jsonl(base, ours, &theirs, key);
+    write_atomic(path, &merged.bytes)?;
+    Ok((merged, Fingerprint::of(path)))
 }

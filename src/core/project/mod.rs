@@ -21,6 +21,8 @@
 
 mod config;
 mod jsonl;
+pub mod lock;
+mod merge;
 mod records;
 mod writer;
 
@@ -31,8 +33,9 @@ use crate::core::dataset::{Dataset, DatasetError, LoadOptions};
 
 pub use config::*;
 pub use jsonl::*;
+pub use merge::{merge_jsonl, MergeKey, Merged};
 pub use records::*;
-pub use writer::BackgroundWriter;
+pub use writer::{BackgroundWriter, WriteOutcome};
 
 /// The record format version written by this build.
 pub const FORMAT_VERSION: u32 = 1;
@@ -75,6 +78,14 @@ pub enum ProjectError {
         path: PathBuf,
         /// The TOML error, with its line and column.
         message: String,
+    },
+    /// Another process holds the file's job lock (see [`lock`]).
+    #[error("{} is being written by {holder}: wait for it to end, or stop it", path.display())]
+    Busy {
+        /// The file.
+        path: PathBuf,
+        /// Who holds it: command, pid and start time.
+        holder: String,
     },
     /// A record could not be encoded.
     #[error("{path}: cannot encode record: {message}")]

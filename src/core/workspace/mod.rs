@@ -1,12 +1,15 @@
 //! An open project with everything a person edits by hand: the loaded
 //! dataset and stage records, live re-ranking at any λ and IoU threshold,
 //! hand-made regions, candidates and chosen/rejected marks, with undo/redo,
-//! and every edit saved atomically to the project files at once.
+//! and every edit saved atomically to the project files at once — merged
+//! into what other processes wrote meanwhile, and reloaded when they
+//! change a file (see `disk.rs`).
 //!
 //! This is the GUI's model, kept here (no GUI code) so that every operation
 //! the GUI offers is plain library code, tested without a window, and the
 //! files it writes are the same ones the CLI reads.
 
+mod disk;
 mod index;
 
 use std::collections::HashMap;
@@ -17,8 +20,8 @@ use crate::core::dataset::Dataset;
 use crate::core::geometry::Bbox;
 use crate::core::pipeline::{self, PairStats, StageIssue};
 use crate::core::project::{
-    self, files, CandidateRecord, Frame, LineError, MarkRecord, PairRecord, Project, ProjectError,
-    RegionRecord, ScoreRecord, Versioned, FORMAT_VERSION,
+    self, files, CandidateRecord, Frame, MarkRecord, PairRecord, Project, ProjectError,
+    RegionRecord, ScoreRecord, FORMAT_VERSION,
 };
 use crate::core::regions::{sample_regions, RegionConfig};
 use crate::core::scores::{self, Components, LocScore};
@@ -155,25 +158,11 @@ pub struct Workspace {
     revision: u64,
     cache: Mutex<index::RankCache>,
     writer: Option<project::BackgroundWriter>,
+    /// Each stage file as last read or saved (the base of the next save's
+    /// merge) and its fingerprint on disk.
+    disk: HashMap<&'static str, disk::Known>,
     undo: Vec<Edit>,
     redo: Vec<Edit>,
-}
-
-fn read_optional<T>(
-    p: &Project,
-    name: &str,
-    problems: &mut Vec<String>,
-) -> Result<Vec<T>, ProjectError>
-where
-    T: serde::de::DeserializeOwned + Versioned,
-{
-    let path = p.path(name);
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let (records, errors): (Vec<T>, Vec<LineError>) = project::read_jsonl(&path)?;
-    problems.extend(errors.iter().map(|e| format!("{e}; line skipped")));
-    Ok(records)
 }
 
 impl Workspace {
@@ -183,10 +172,12 @@ impl Workspace {
         let project = Project::open(dir)?;
         let dataset = project.load_dataset()?;
         let mut problems: Vec<String> = dataset.issues.iter().map(|i| i.to_string()).collect();
-        let regions = read_optional(&project, files::REGIONS, &mut problems)?;
-        let candidates = read_optional(&project, files::CANDIDATES, &mut problems)?;
-        let scores: Vec<ScoreRecord> = read_optional(&project, files::SCORES, &mut problems)?;
-        let marks = read_optional(&project, files::MARKS, &mut problems)?;
+        let mut disk = HashMap::new();
+        let (d, pr) = (&mut disk, &mut problems);
+        let regions = disk::read_stage(&project, files::REGIONS, d, pr)?;
+        let candidates = disk::read_stage(&project, files::CANDIDATES, d, pr)?;
+        let scores: Vec<ScoreRecord> = disk::read_stage(&project, files::SCORES, d, pr)?;
+        let marks = disk::read_stage(&project, files::MARKS, d, pr)?;
         let object_ids = pipeline::object_ids(&dataset);
         let index = index::Index::build(&regions, &candidates);
         Ok(Workspace {
@@ -205,6 +196,7 @@ impl Workspace {
             revision: 0,
             cache: Mutex::default(),
             writer: None,
+            disk,
             undo: Vec::new(),
             redo: Vec::new(),
         })
@@ -741,52 +733,6 @@ impl Workspace {
         }
     }
 
-    /// From now on, write files on a background thread (the GUI does this
-    /// so that it never waits on the disk); see [`Workspace::pending_writes`].
-    pub fn write_in_background(&mut self) {
-        self.writer = Some(project::BackgroundWriter::new());
-    }
-
-    /// Background writes not finished yet (0 when writing in the foreground).
-    pub fn pending_writes(&self) -> usize {
-        self.writer.as_ref().map_or(0, |w| w.pending())
-    }
-
-    /// Background writes that failed since the last call.
-    pub fn take_write_errors(&self) -> Vec<String> {
-        self.writer
-            .as_ref()
-            .map(|w| w.take_errors())
-            .unwrap_or_default()
-    }
-
-    /// Write one stage file from memory, atomically (in the background when
-    /// [`Workspace::write_in_background`] was called).
-    fn save(&self, name: &str) -> Result<(), ProjectError> {
-        let path = self.project.path(name);
-        let bytes = match name {
-            files::REGIONS => project::encode_jsonl(&path, &self.regions)?,
-            files::CANDIDATES => project::encode_jsonl(&path, &self.candidates)?,
-            files::MARKS => project::encode_jsonl(&path, &self.marks)?,
-            _ => {
-                // Scores in candidate order, so the file is stable.
-                let ordered: Vec<&ScoreRecord> = self
-                    .candidates
-                    .iter()
-                    .filter_map(|c| self.scores.get(&c.id))
-                    .collect();
-                project::encode_jsonl(&path, &ordered)?
-            }
-        };
-        match &self.writer {
-            Some(w) => {
-                w.write(path, bytes);
-                Ok(())
-            }
-            None => project::write_atomic(&path, &bytes),
-        }
-    }
-
     /// SPR pairs of the whole project at `lambda` and the IoU threshold
     /// `match_iou` (marks applied): the pairs the GUI shows at those
     /// settings, whatever threshold `spr score` stored its scores at.
@@ -932,6 +878,76 @@ mod tests {
             Workspace::open(&dir).unwrap().scores[&c.id].localization,
             0.0
         );
+    }
+
+    /// Waits for the background writer and reloads what changed.
+    fn settle(ws: &mut Workspace) -> Vec<String> {
+        while ws.pending_writes() > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert!(ws.take_write_errors().is_empty());
+        ws.reload_changed().unwrap()
+    }
+
+    #[test]
+    fn another_processes_appends_survive_edits_and_are_reloaded() {
+        let (_tmp, dir) = demo_copy();
+        let mut ws = Workspace::open(&dir).unwrap();
+        ws.write_in_background();
+        assert!(settle(&mut ws).is_empty(), "nothing changed yet");
+        let n = ws.candidates.len();
+        let q = ws.regions[0].id.clone();
+        // A terminal appends two candidates (as `spr generate` does) ...
+        let theirs: Vec<CandidateRecord> = (0..2)
+            .map(|k| CandidateRecord {
+                id: format!("{q}-cli{k}"),
+                source: "cli".into(),
+                ..ws.manual_candidate(&q, "from a terminal")
+            })
+            .collect();
+        let path = dir.join(files::CANDIDATES);
+        project::append_jsonl(&path, &project::encode_jsonl(&path, &theirs).unwrap()).unwrap();
+        // ... while the window, which has not seen them, edits a text and
+        // adds a candidate of its own.
+        let first = ws.candidates[0].clone();
+        ws.apply(Edit::SetText {
+            id: first.id.clone(),
+            before: first.text.clone(),
+            after: "edited in the window".into(),
+        })
+        .unwrap();
+        let mine = ws.manual_candidate(&q, "written in the window");
+        ws.apply(Edit::AddCandidate(mine.clone())).unwrap();
+        let messages = settle(&mut ws);
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.starts_with("candidates.jsonl changed on disk")),
+            "{messages:?}"
+        );
+        // Nothing lost on disk, and the window shows it all.
+        for ws in [&ws, &Workspace::open(&dir).unwrap()] {
+            assert_eq!(ws.candidates.len(), n + 3);
+            let text_of = |id: &str| ws.candidates[ws.candidate_index(id).unwrap()].text.clone();
+            assert_eq!(text_of(&first.id), "edited in the window");
+            assert_eq!(text_of(&mine.id), "written in the window");
+            assert_eq!(text_of(&theirs[1].id), "from a terminal");
+        }
+        // Undo still works on the reloaded records, and keeps theirs.
+        assert!(ws.undo().unwrap());
+        assert!(ws.undo().unwrap());
+        assert!(settle(&mut ws).is_empty(), "own saves are not reloads");
+        let on_disk = Workspace::open(&dir).unwrap();
+        assert_eq!(on_disk.candidates.len(), n + 2);
+        assert_eq!(on_disk.candidates[0].text, first.text);
+        // A whole rewrite by another process (as `spr score` does) is
+        // picked up too.
+        let scores_path = dir.join(files::SCORES);
+        project::write_jsonl::<ScoreRecord>(&scores_path, &[]).unwrap();
+        let messages = settle(&mut ws);
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert!(messages[0].contains("scores.jsonl") && messages[0].ends_with("→ 0 records"));
+        assert!(ws.scores.is_empty());
     }
 
     #[test]

@@ -31,8 +31,6 @@
 //! killed process is cut off before appending.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Instant;
@@ -197,20 +195,6 @@ fn present_keys(paths: &[PathBuf]) -> Result<HashSet<Key>> {
     Ok(keys)
 }
 
-/// Cuts a last line that has no newline (a write cut short by a kill).
-fn repair_tail(path: &Path) -> Result<()> {
-    let Ok(bytes) = std::fs::read(path) else {
-        return Ok(());
-    };
-    if bytes.is_empty() || bytes.ends_with(b"\n") {
-        return Ok(());
-    }
-    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    crate::core::atomic::write_atomic(path, &bytes[..keep])
-        .map_err(|e| project::ProjectError::io(path, e))?;
-    Ok(())
-}
-
 /// The objects of a region as templates see them.
 fn region_objects(
     region: &RegionRecord,
@@ -289,6 +273,9 @@ pub fn generate(
         Some(s) => project.path(&s.file_name()),
         None => project.path(files::CANDIDATES),
     });
+    // One generation per output file at a time: a second would compute
+    // the same missing sequences and append them twice.
+    let _job = project::lock::job_lock(&out, &format!("spr generate {}", project.root.display()))?;
     let mut seen_files = vec![out.clone()];
     let main = project.path(files::CANDIDATES);
     if main != out {
@@ -327,7 +314,6 @@ pub fn generate(
     };
     summary.already_present =
         blocks.iter().map(|b| b.len()).sum::<usize>() * per_query - state.total;
-    repair_tail(&out)?;
     let started = Instant::now();
     progress(&state);
     for block in blocks {
@@ -346,7 +332,7 @@ pub fn generate(
         let result = ctx.run(block, &missing, &mut summary, &mut state, stop);
         match result {
             Ok(records) => {
-                append_records(&out, &records)?;
+                project::append_jsonl(&out, &project::encode_jsonl(&out, &records)?)?;
                 summary.written += records.len();
                 state.done += records.len();
             }
@@ -362,24 +348,6 @@ pub fn generate(
     summary.tokens = state.tokens;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
-}
-
-/// Appends records in one write, flushed and synced.
-fn append_records(path: &Path, records: &[CandidateRecord]) -> Result<()> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    let bytes = project::encode_jsonl(path, records)?;
-    let io = |e| project::ProjectError::io(path, e);
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io)?;
-    f.write_all(&bytes)
-        .and_then(|_| f.sync_data())
-        .map_err(|e| project::ProjectError::io(path, e))?;
-    Ok(())
 }
 
 /// What every block needs.
@@ -552,6 +520,9 @@ pub fn merge_shards(
         )));
     }
     let main = project.path(files::CANDIDATES);
+    // Read and rewrite under the write lock: nothing appended meanwhile
+    // (by a generation or the GUI) is lost.
+    let _lock = project::lock::write_lock(&main)?;
     let (mut base, bad) = if main.is_file() {
         project::read_jsonl::<CandidateRecord>(&main)?
     } else {
@@ -639,16 +610,5 @@ mod tests {
         assert_ne!(a, sequence_seed(0, "1-1", "describe", 0));
         assert_ne!(a, sequence_seed(0, "1-0", "layout", 0));
         assert_ne!(a, sequence_seed(0, "1-0", "describe", 1));
-    }
-
-    #[test]
-    fn a_torn_last_line_is_cut() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("c.jsonl");
-        std::fs::write(&p, "{\"a\":1}\n{\"b\":").unwrap();
-        repair_tail(&p).unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"a\":1}\n");
-        repair_tail(&p).unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"a\":1}\n");
     }
 }

@@ -278,3 +278,34 @@ pub fn merge_write(
     write_atomic(path, &merged.bytes)?;
     Ok((merged, Fingerprint::of(path)))
 }
+
+#[cfg(test)]
+mod append_tests {
+    use super::*;
+
+    #[test]
+    fn an_append_cuts_a_torn_last_line_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.jsonl");
+        fs::write(&p, "{\"a\":1}\n{\"b\":").unwrap();
+        let (ok, bad) = parse_jsonl_plain::<serde_json::Value>(&p, &fs::read(&p).unwrap());
+        assert_eq!(ok.len(), 1);
+        assert!(
+            bad[0].message.starts_with("incomplete last line"),
+            "{bad:?}"
+        );
+        append_jsonl(&p, b"{\"c\":3}\n").unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "{\"a\":1}\n{\"c\":3}\n");
+        // A torn line longer than one backwards read, and no newline at all.
+        fs::write(
+            &p,
+            format!("{{\"a\":1}}\n{{\"b\":\"{}", "x".repeat(200_000)),
+        )
+        .unwrap();
+        append_jsonl(&p, b"{\"c\":3}\n").unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "{\"a\":1}\n{\"c\":3}\n");
+        fs::write(&p, "{\"b\":").unwrap();
+        append_jsonl(&p, b"{\"c\":3}\n").unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "{\"c\":3}\n");
+    }
+}

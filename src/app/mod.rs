@@ -108,6 +108,9 @@ pub struct WorkbenchApp {
     recent: Vec<PathBuf>,
     renderer: Renderer,
     commands: Vec<Command>,
+    /// When the project files were last checked for writes by other
+    /// processes.
+    disk_checked: Option<std::time::Instant>,
 }
 
 impl WorkbenchApp {
@@ -137,6 +140,7 @@ impl WorkbenchApp {
             exporting: None,
             images: ImageCache::default(),
             text: None,
+            disk_checked: None,
             recent,
             renderer,
             commands: Vec::new(),
@@ -213,12 +217,36 @@ impl WorkbenchApp {
                 self.status = format!("not saved: {e}");
             }
         }
+        self.reload_changed_files();
         if let Some(p) = self.exporting.take() {
             match p.try_take() {
                 Ok(Ok(msg)) | Ok(Err(msg)) => self.status = msg,
                 Err(p) => self.exporting = Some(p),
             }
         }
+    }
+
+    /// About once a second, and never while a text is being typed: reloads
+    /// the stage files another process (a `spr generate` or `spr score`
+    /// in a terminal) wrote since the window read or saved them, keeping
+    /// the selection on its records.
+    fn reload_changed_files(&mut self) {
+        let due = self
+            .disk_checked
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+        if !due || self.text.is_some() {
+            return;
+        }
+        self.disk_checked = Some(std::time::Instant::now());
+        let selected = self.selected_id();
+        let Some(ws) = &mut self.ws else { return };
+        match ws.reload_changed() {
+            Ok(messages) if messages.is_empty() => return,
+            Ok(messages) => self.status = messages.join("; "),
+            Err(e) => self.status = format!("cannot reload: {e}"),
+        }
+        self.annotate.inspector.editor_for = None;
+        self.reselect(selected);
     }
 
     /// Adds the candidates a running "Generate" finished since the last
@@ -516,6 +544,9 @@ impl eframe::App for WorkbenchApp {
         self.apply_commands(&ctx);
         if self.busy() {
             ctx.request_repaint_after(std::time::Duration::from_millis(50));
+        } else if self.ws.is_some() {
+            // Wake once a second to notice files other processes wrote.
+            ctx.request_repaint_after(std::time::Duration::from_secs(1));
         }
     }
 

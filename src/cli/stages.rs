@@ -106,6 +106,8 @@ pub(super) fn check(dir: &Path, images: bool, no_images: bool) -> Result<()> {
 
 pub(super) fn regions(dir: &Path, seed: Option<u64>, per_image: Option<usize>) -> Result<()> {
     let p = open(dir)?;
+    let out = p.path(files::REGIONS);
+    let _job = project::lock::job_lock(&out, &format!("spr regions {}", dir.display()))?;
     let ds = load_dataset(&p)?;
     let pre = p.config.dataset.preprocess();
     let mut cfg = p.config.regions;
@@ -113,21 +115,49 @@ pub(super) fn regions(dir: &Path, seed: Option<u64>, per_image: Option<usize>) -
     cfg.per_image = per_image.unwrap_or(cfg.per_image);
     let rich = ds.object_rich_images(&pre).len();
     let b = bar(rich as u64, "regions");
-    let records = pipeline::build_regions(&ds, &pre, &cfg, &|n| b.inc(n));
+    let mut records = pipeline::build_regions(&ds, &pre, &cfg, &|n| b.inc(n));
     b.finish_and_clear();
-    let out = p.path(files::REGIONS);
-    project::write_jsonl(&out, &records)?;
+    let sampled = records.len();
+    // Regions drawn by hand (in the GUI) are the user's work, not a
+    // sample: they are kept, whatever was on disk when the write began.
+    let kept = {
+        let _lock = project::lock::write_lock(&out)?;
+        let hand = hand_drawn(&out, &records)?;
+        let kept = hand.len();
+        records.extend(hand);
+        project::write_jsonl(&out, &records)?;
+        kept
+    };
+    let kept = if kept > 0 {
+        format!(", {kept} hand-drawn region(s) kept")
+    } else {
+        String::new()
+    };
     println!(
-        "regions: {} queries from {rich} object-rich images (of {}) → {}",
-        records.len(),
+        "regions: {sampled} queries from {rich} object-rich images (of {}){kept} → {}",
         ds.images.len(),
         out.display()
     );
     Ok(())
 }
 
+/// The hand-drawn regions in `path` that `sampled` does not have.
+fn hand_drawn(path: &Path, sampled: &[RegionRecord]) -> Result<Vec<RegionRecord>> {
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let (old, _) = project::read_jsonl::<RegionRecord>(path)?;
+    let ids: std::collections::HashSet<&str> = sampled.iter().map(|r| r.id.as_str()).collect();
+    Ok(old
+        .into_iter()
+        .filter(|r| r.source == project::RegionSource::Manual && !ids.contains(r.id.as_str()))
+        .collect())
+}
+
 pub(super) fn score(dir: &Path) -> Result<()> {
     let p = open(dir)?;
+    let out = p.path(files::SCORES);
+    let _job = project::lock::job_lock(&out, &format!("spr score {}", dir.display()))?;
     let ds = load_dataset(&p)?;
     let regions: Vec<RegionRecord> = read_stage(&p, files::REGIONS)?;
     let candidates: Vec<CandidateRecord> = read_stage(&p, files::CANDIDATES)?;
@@ -146,8 +176,12 @@ pub(super) fn score(dir: &Path) -> Result<()> {
     );
     b.finish_and_clear();
     warn_issues(&issues);
-    let out = p.path(files::SCORES);
-    project::write_jsonl(&out, &scores)?;
+    let (scores, caught_up) = {
+        let _lock = project::lock::write_lock(&out)?;
+        let catch_up = catch_up(&p, &ds, &candidates, scores, scorers)?;
+        project::write_jsonl(&out, &catch_up.0)?;
+        catch_up
+    };
     let issues_in_text: usize = scores.iter().map(|s| s.parse_issues.len()).sum();
     println!(
         "score: {} candidates scored ({} skipped, {} box-syntax problems) → {}",
@@ -156,6 +190,12 @@ pub(super) fn score(dir: &Path) -> Result<()> {
         issues_in_text,
         out.display()
     );
+    if caught_up.changed + caught_up.removed > 0 {
+        println!(
+            "note: candidates.jsonl changed while scoring: {} candidate(s) added or edited meanwhile were scored too, {} removed meanwhile were dropped",
+            caught_up.changed, caught_up.removed
+        );
+    }
     match clip {
         Some(c) => println!(
             "semantic: CLIP {} ({} scored)",
@@ -185,6 +225,62 @@ pub(super) fn score(dir: &Path) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// What [`catch_up`] did.
+struct CaughtUp {
+    changed: usize,
+    removed: usize,
+}
+
+/// Brings `scores` (of `scored`, the candidates as read when scoring
+/// began) up to date with `candidates.jsonl` as it is now: candidates
+/// another process (the GUI, a generation) added or edited meanwhile are
+/// scored now, removed ones dropped, so the file written matches the
+/// candidates and no one's edit is scored as its old text. Call it under
+/// the scores' write lock.
+fn catch_up(
+    p: &project::Project,
+    ds: &crate::core::dataset::Dataset,
+    scored: &[CandidateRecord],
+    scores: Vec<ScoreRecord>,
+    scorers: crate::core::scorers::Scorers,
+) -> Result<(Vec<ScoreRecord>, CaughtUp)> {
+    let (now, _) = project::read_jsonl::<CandidateRecord>(&p.path(files::CANDIDATES))?;
+    let before: std::collections::HashMap<&str, &CandidateRecord> =
+        scored.iter().map(|c| (c.id.as_str(), c)).collect();
+    let late: Vec<CandidateRecord> = now
+        .iter()
+        .filter(|c| before.get(c.id.as_str()) != Some(c))
+        .cloned()
+        .collect();
+    let live: std::collections::HashSet<&str> = now.iter().map(|c| c.id.as_str()).collect();
+    let removed = scored
+        .iter()
+        .filter(|c| !live.contains(c.id.as_str()))
+        .count();
+    let mut by_id: std::collections::HashMap<String, ScoreRecord> = scores
+        .into_iter()
+        .map(|s| (s.candidate_id.clone(), s))
+        .collect();
+    if !late.is_empty() {
+        let (regions, _) = project::read_jsonl::<RegionRecord>(&p.path(files::REGIONS))?;
+        let (more, issues) =
+            pipeline::score_candidates(ds, &regions, &late, &p.config.scoring, scorers, &|_| {});
+        warn_issues(&issues);
+        for c in &late {
+            by_id.remove(&c.id);
+        }
+        by_id.extend(more.into_iter().map(|s| (s.candidate_id.clone(), s)));
+    }
+    let ordered = now.iter().filter_map(|c| by_id.remove(&c.id)).collect();
+    Ok((
+        ordered,
+        CaughtUp {
+            changed: late.len(),
+            removed,
+        },
+    ))
 }
 
 pub(super) fn pairs(dir: &Path, lambda: Option<f32>, out: Option<PathBuf>) -> Result<()> {
@@ -217,7 +313,10 @@ pub(super) fn pairs(dir: &Path, lambda: Option<f32>, out: Option<PathBuf>) -> Re
     );
     warn_issues(&issues);
     let out = out.unwrap_or_else(|| p.path(files::PAIRS));
-    project::write_jsonl(&out, &pairs)?;
+    {
+        let _lock = project::lock::write_lock(&out)?;
+        project::write_jsonl(&out, &pairs)?;
+    }
     println!(
         "pairs: {} pairs from {} queries ({} marked by hand, {} with < 2 candidates, {} ties, {} skipped) at λ = {} → {}",
         stats.pairs,
@@ -242,6 +341,7 @@ pub(super) fn export(dir: &Path, out: Option<PathBuf>) -> Result<()> {
     let p = open(dir)?;
     let pairs: Vec<PairRecord> = read_stage(&p, files::PAIRS)?;
     let out = out.unwrap_or_else(|| p.path(files::EXPORT_DIR));
+    let _job = project::lock::job_lock(&out, &format!("spr export {}", dir.display()))?;
     let b = bar(pairs.len() as u64, "export");
     let (records, issues) = pipeline::export_trl(
         &pairs,

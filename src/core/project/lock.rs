@@ -74,19 +74,32 @@ pub fn read_lock(path: &Path) -> Result<WriteLock, ProjectError> {
 /// A held job lock; released when dropped (or when the process dies).
 #[derive(Debug)]
 pub struct JobLock {
-    _file: File,
+    file: File,
 }
 
-/// Who holds a job lock, as its holder wrote it.
-fn holder_of(file: &mut File) -> String {
-    let mut text = String::new();
-    let _ = file.read_to_string(&mut text);
-    let text = text.trim();
-    if text.is_empty() {
-        "another process (it has not said which yet)".to_string()
-    } else {
-        text.to_string()
+impl Drop for JobLock {
+    fn drop(&mut self) {
+        // Still holding the lock: clear the holder's note, so that the
+        // next refused process never reads this one's.
+        let _ = self.file.set_len(0);
     }
+}
+
+/// Who holds a job lock, as its holder wrote it. A holder writes its note
+/// right after taking the lock, so an empty note is read again for a
+/// moment before giving up on it.
+fn holder_of(file: &mut File) -> String {
+    for _ in 0..40 {
+        let mut text = String::new();
+        let _ = file.rewind();
+        let _ = file.read_to_string(&mut text);
+        let text = text.trim();
+        if !text.is_empty() {
+            return text.to_string();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    "another process (it has not said which)".to_string()
 }
 
 /// Takes the job lock of `path` for `command` (a short description such
@@ -117,7 +130,7 @@ pub fn job_lock(path: &Path, command: &str) -> Result<JobLock, ProjectError> {
     file.set_len(0).map_err(io)?;
     file.rewind().map_err(io)?;
     file.write_all(me.as_bytes()).map_err(io)?;
-    Ok(JobLock { _file: file })
+    Ok(JobLock { file })
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC of `secs` since the Unix epoch.

@@ -807,7 +807,11 @@ impl ExportJob {
     /// Write the files; returns the export folder, pairs written and every
     /// record skipped.
     pub fn run(self) -> Result<(PathBuf, usize, Vec<StageIssue>), ProjectError> {
-        project::write_jsonl(&self.pairs_path, &self.pairs)?;
+        let _job = project::lock::job_lock(&self.out_dir, "export from the window")?;
+        {
+            let _lock = project::lock::write_lock(&self.pairs_path)?;
+            project::write_jsonl(&self.pairs_path, &self.pairs)?;
+        }
         let (records, more) = pipeline::export_trl(
             &self.pairs,
             &self.image_root,

@@ -150,6 +150,8 @@ pub struct LoadReport {
     pub peak_rss_bytes: Option<u64>,
     /// Size of the file.
     pub file_bytes: u64,
+    /// How the load's work was shared between threads.
+    pub split: crate::core::dataset::SplitUse,
 }
 
 impl fmt::Display for LoadReport {
@@ -195,7 +197,7 @@ pub fn measure_load(path: &Path) -> Result<LoadReport, DatasetError> {
     // Resetting is best effort: without it the peak includes earlier work.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let start = Instant::now();
-    let ds = Dataset::load(path, root, &LoadOptions::default())?;
+    let (ds, stats) = Dataset::load_with_stats(path, root, &LoadOptions::default())?;
     let load_s = start.elapsed().as_secs_f64();
     let filter_start = Instant::now();
     let rich = ds.object_rich_images(&Preprocess::default());
@@ -211,6 +213,7 @@ pub fn measure_load(path: &Path) -> Result<LoadReport, DatasetError> {
         issues: ds.issues.len(),
         peak_rss_bytes: peak_rss_bytes(),
         file_bytes,
+        split: stats.split,
     })
 }
 

@@ -78,8 +78,16 @@ pub fn load_command(file: Option<&Path>, images: usize, keep: Option<&Path>) -> 
         r.images, r.objects, r.object_rich, r.issues
     );
     println!(
-        "time: load+index {:.3} s, object-rich filter {:.3} s, total {:.3} s",
-        r.load_s, r.filter_s, r.total_s
+        "time: load+index {:.3} s, object-rich filter {:.3} s, total {:.3} s (threads: {})",
+        r.load_s,
+        r.filter_s,
+        r.total_s,
+        match r.split {
+            crate::core::dataset::SplitUse::OneThread => "one",
+            crate::core::dataset::SplitUse::Adopted => "two, second half adopted",
+            crate::core::dataset::SplitUse::Abandoned => "two, second thread's guess dropped",
+            crate::core::dataset::SplitUse::TailFailed => "two, error in the second half",
+        }
     );
     match r.peak_rss_bytes {
         Some(b) => {

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::geometry::Bbox;
 
 pub(crate) use coco::escapes_root;
-pub use coco::LoadOptions;
+pub use coco::{LoadOptions, LoadStats, SplitUse};
 
 /// One image record.
 #[derive(Clone, Debug, PartialEq)]
@@ -216,6 +216,16 @@ impl Dataset {
         image_root: &Path,
         options: &LoadOptions,
     ) -> Result<Dataset, DatasetError> {
+        coco::load(annotations, image_root, options).map(|(ds, _)| ds)
+    }
+
+    /// [`Dataset::load`], also saying how the load went (its size, and
+    /// whether two threads shared it).
+    pub fn load_with_stats(
+        annotations: &Path,
+        image_root: &Path,
+        options: &LoadOptions,
+    ) -> Result<(Dataset, LoadStats), DatasetError> {
         coco::load(annotations, image_root, options)
     }
 

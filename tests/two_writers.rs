@@ -435,3 +435,34 @@ fn sigkill_of_spr_score_leaves_the_old_scores_or_the_new_ones() {
         fs::write(&scores_path, &old).unwrap();
     }
 }
+
+#[test]
+fn spr_regions_keeps_the_regions_drawn_in_the_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = demo_copy(tmp.path());
+    let mut ws = Workspace::open(&dir).unwrap();
+    let drawn = ws.manual_region(
+        0,
+        spr_workbench::core::geometry::Bbox::new(5.0, 5.0, 90.0, 70.0),
+    );
+    ws.apply(Edit::AddRegion(drawn.clone())).unwrap();
+    let out = spr(&["regions", "--project", dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(", 1 hand-drawn region(s) kept"), "{stdout}");
+    let (regions, _) =
+        project::read_jsonl::<project::RegionRecord>(&dir.join(files::REGIONS)).unwrap();
+    assert_eq!(regions.last(), Some(&drawn));
+    // The sampled ones are the committed file's, byte for byte, before it.
+    let sampled = fs::read_to_string(demo_dir().join(files::REGIONS)).unwrap();
+    assert!(fs::read_to_string(dir.join(files::REGIONS))
+        .unwrap()
+        .starts_with(&sampled));
+    // And the window sees the file unchanged in what it holds.
+    ws.reload_changed().unwrap();
+    assert_eq!(ws.regions.len(), regions.len());
+}

@@ -33,6 +33,47 @@ use crate::core::scores::{localization_score, LocVariant, MATCH_IOU};
 const PYCOCOTOOLS_S: f64 = 5.6;
 const PYCOCOTOOLS_MB: f64 = 974.0;
 
+/// Bytes the generated file takes per image (230 MB for 80,000 images).
+const GENERATED_BYTES_PER_IMAGE: u64 = 2_900;
+
+/// Refuses to generate a file the disk has no room for (with a margin of
+/// a quarter), naming both sizes.
+fn check_disk(path: &Path, images: usize) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let need = images as u64 * GENERATED_BYTES_PER_IMAGE;
+    let Some(free) = free_bytes(dir) else {
+        return Ok(());
+    };
+    anyhow::ensure!(
+        free >= need + need / 4,
+        "{}: {:.1} GB free, but the generated file needs about {:.1} GB (and a margin): \
+         pass --keep PATH on a bigger disk, or fewer --images",
+        dir.display(),
+        free as f64 / 1e9,
+        need as f64 / 1e9
+    );
+    Ok(())
+}
+
+/// Free bytes for an unprivileged user on the file system of `dir`.
+#[cfg(unix)]
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_dir: &Path) -> Option<u64> {
+    None
+}
+
 /// `spr bench load`.
 pub fn load_command(file: Option<&Path>, images: usize, keep: Option<&Path>) -> Result<()> {
     let Some(file) = file else {
@@ -40,6 +81,7 @@ pub fn load_command(file: Option<&Path>, images: usize, keep: Option<&Path>) -> 
             Some(p) => p.to_path_buf(),
             None => std::env::temp_dir().join(format!("spr-bench-{}.json", std::process::id())),
         };
+        check_disk(&path, images)?;
         eprintln!(
             "generating an Objects365-val-shaped file with {images} images → {}",
             path.display()

@@ -57,7 +57,7 @@ use super::json::{JsonError, JsonReader, Kind, DEFAULT_CAPACITY};
 use super::*;
 use ids::IdTable;
 use problems::Pending;
-use records::{read_val, RawAnn};
+use records::{read_val, Chunks, RawAnn};
 use split::Split;
 
 pub(crate) use records::escapes_root;
@@ -251,10 +251,10 @@ pub(super) struct Loader {
     order: Vec<Arr>,
     images: IdTable<ImageInfo>,
     categories: IdTable<Category>,
-    anns: Vec<RawAnn>,
+    anns: Chunks<RawAnn>,
     /// Annotations adopted from the second thread of a split load, after
     /// `anns`; their `index` is to be shifted by `tail_shift`.
-    tail: Vec<RawAnn>,
+    tail: Chunks<RawAnn>,
     tail_shift: u32,
     issues: Vec<Pending>,
     /// How a split load went.

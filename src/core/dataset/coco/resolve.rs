@@ -109,14 +109,17 @@ impl Loader {
         let head = std::mem::take(&mut self.anns);
         let tail = std::mem::take(&mut self.tail);
         let shift = self.tail_shift;
+        let segments: Vec<(&[RawAnn], u32)> = head
+            .slices()
+            .map(|s| (s, 0))
+            .chain(tail.slices().map(|s| (s, shift)))
+            .collect();
         let all = || {
-            head.iter()
-                .map(|a| (a, 0))
-                .chain(tail.iter().map(move |a| (a, shift)))
+            segments
+                .iter()
+                .flat_map(|&(s, shift)| s.iter().map(move |a| (a, shift)))
         };
-        let mut duplicates = later_duplicates(&[(&head, 0), (&tail, shift)])
-            .into_iter()
-            .peekable();
+        let mut duplicates = later_duplicates(&segments).into_iter().peekable();
 
         // Pass 1: which annotations are kept (the others reported), and
         // how many objects each image gets.
@@ -153,8 +156,11 @@ impl Loader {
                 }
             }
         }
+        drop(segments);
 
-        // Pass 2: counting sort by image.
+        // Pass 2: counting sort by image, each chunk of annotations freed
+        // once placed. (The objects' arrays start as untouched zero pages,
+        // so memory grows with the objects placed, not all at once.)
         let mut image_objects = Vec::with_capacity(counts.len());
         let mut next = Vec::with_capacity(counts.len());
         let mut total = 0u32;
@@ -173,22 +179,26 @@ impl Loader {
             area: vec![0.0; n],
             crowd: vec![false; n],
         };
-        for ((a, _), _) in all().zip(&kept).filter(|(_, &k)| k) {
-            // Kept annotations were placed in pass 1 and place the same.
-            let Ok(p) = resolver.place(a) else { continue };
-            let image = p.image as usize;
-            let slot = next[image] as usize;
-            next[image] += 1;
-            objects.id[slot] = a.id;
-            objects.image[slot] = p.image;
-            objects.category[slot] = p.category;
-            objects.bbox[slot] = p.bbox;
-            objects.area[slot] = p.area;
-            objects.crowd[slot] = a.crowd;
+        let mut kept = kept.into_iter();
+        for chunk in head.into_chunks().into_iter().chain(tail.into_chunks()) {
+            for a in &chunk {
+                if kept.next() != Some(true) {
+                    continue;
+                }
+                // Kept annotations were placed in pass 1 and place the same.
+                let Ok(p) = resolver.place(a) else { continue };
+                let image = p.image as usize;
+                let slot = next[image] as usize;
+                next[image] += 1;
+                objects.id[slot] = a.id;
+                objects.image[slot] = p.image;
+                objects.category[slot] = p.category;
+                objects.bbox[slot] = p.bbox;
+                objects.area[slot] = p.area;
+                objects.crowd[slot] = a.crowd;
+            }
         }
         drop(resolver);
-        drop(head);
-        drop(tail);
 
         let issues = self.issues(file, options);
         Dataset {

@@ -99,6 +99,35 @@ fn buffered_annotations_are_compact() {
 }
 
 #[test]
+fn annotations_span_chunks_in_order() {
+    let mut c = Chunks::default();
+    for i in 0..(3 * Chunks::<u32>::CHUNK + 5) {
+        c.push(i as u32);
+    }
+    assert_eq!(c.len(), 3 * Chunks::<u32>::CHUNK + 5);
+    let sizes: Vec<usize> = c.slices().map(<[u32]>::len).collect();
+    assert_eq!(
+        sizes,
+        [Chunks::<u32>::CHUNK; 3]
+            .iter()
+            .copied()
+            .chain([5])
+            .collect::<Vec<_>>()
+    );
+    let flat: Vec<u32> = c.into_chunks().into_iter().flatten().collect();
+    assert!(flat.iter().enumerate().all(|(i, &v)| v == i as u32));
+    // A load whose annotations span many chunks (400 records) keeps file
+    // order within each image.
+    let ds = ok(&big_doc(400, false));
+    // (Its ids grow in file order.)
+    for range in &ds.image_objects {
+        let ids = &ds.objects.id[range.start as usize..range.end as usize];
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    }
+    assert!(ds.objects.len() > 300);
+}
+
+#[test]
 fn tiny_valid_dataset() {
     let ds = ok(&doc(IMAGES, &good_anns(), CATEGORIES));
     assert!(ds.issues.is_empty(), "{:?}", ds.issues);

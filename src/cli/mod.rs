@@ -501,7 +501,7 @@ fn open_gui(project: PathBuf) -> Result<()> {
 
 #[cfg(not(feature = "gui"))]
 fn open_gui(_project: PathBuf) -> Result<()> {
-    bail!(
+    anyhow::bail!(
         "this spr was built without the GUI (--no-default-features): run a subcommand (spr --help)"
     )
 }

@@ -409,3 +409,53 @@ fn the_selection_follows_its_candidate_when_records_move() {
     assert_eq!(index(&h, "3-0-h0"), Some(before - 1));
     assert_eq!(h.state().sel.candidate, Some(before - 1));
 }
+
+#[test]
+fn candidates_a_terminal_appends_appear_in_the_window_and_survive_its_edits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    copy_demo(&dir);
+    let mut h = harness(dir.clone(), false);
+    let before = h.state().ws.as_ref().unwrap().candidates.len();
+    // A terminal appends a candidate (as `spr generate` does).
+    let path = dir.join("candidates.jsonl");
+    let mut rec = jsonl(&path)[0].clone();
+    rec["id"] = "from-the-terminal".into();
+    rec["source"] = "cli".into();
+    let line = format!("{rec}\n");
+    spr_workbench::core::project::append_jsonl(&path, line.as_bytes()).unwrap();
+    // Within about a second the window has reloaded it and says so.
+    let start = Instant::now();
+    while h.state().ws.as_ref().unwrap().candidates.len() == before {
+        assert!(start.elapsed() < Duration::from_secs(10), "not reloaded");
+        h.step();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        h.state()
+            .status
+            .starts_with("candidates.jsonl changed on disk (written by another process): reloaded"),
+        "{}",
+        h.state().status
+    );
+    // Another append, then an edit in the window (its background-saving
+    // workspace) before it has reloaded: both end up on disk.
+    let mut second = rec.clone();
+    second["id"] = "also-from-the-terminal".into();
+    let line = format!("{second}\n");
+    spr_workbench::core::project::append_jsonl(&path, line.as_bytes()).unwrap();
+    {
+        let ws = h.state_mut().ws.as_mut().unwrap();
+        let q = ws.regions[0].id.clone();
+        let mine = ws.manual_candidate(&q, "typed in the window");
+        ws.apply(spr_workbench::core::workspace::Edit::AddCandidate(mine))
+            .unwrap();
+    }
+    settle(&mut h);
+    let on_disk = jsonl(&path);
+    assert_eq!(on_disk.len(), before + 3);
+    for id in ["from-the-terminal", "also-from-the-terminal"] {
+        assert!(on_disk.iter().any(|c| c["id"] == id), "{id} lost");
+    }
+    assert!(on_disk.iter().any(|c| c["text"] == "typed in the window"));
+}

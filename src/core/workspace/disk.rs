@@ -144,7 +144,8 @@ impl Workspace {
 
     /// Reloads every stage file that changed on disk since the workspace
     /// last read or saved it, and says which, with the record counts
-    /// before and after. Nothing happens while background saves are
+    /// after and before (in plain characters: the GUI's font has no
+    /// arrows). Nothing happens while background saves are
     /// pending (their outcome is not known yet); call it again later.
     pub fn reload_changed(&mut self) -> Result<Vec<String>, ProjectError> {
         if let Some(w) = &self.writer {
@@ -173,7 +174,7 @@ impl Workspace {
             self.problems
                 .extend(errors.iter().map(|e| format!("{e}; line skipped")));
             messages.push(format!(
-                "{name} changed on disk (written by another process): reloaded, {before} → {after} records"
+                "{name} changed on disk (written by another process): reloaded, {after} records (were {before})"
             ));
         }
         if !messages.is_empty() {

@@ -950,7 +950,10 @@ mod tests {
         project::write_jsonl::<ScoreRecord>(&scores_path, &[]).unwrap();
         let messages = settle(&mut ws);
         assert_eq!(messages.len(), 1, "{messages:?}");
-        assert!(messages[0].contains("scores.jsonl") && messages[0].ends_with("→ 0 records"));
+        assert!(
+            messages[0].contains("scores.jsonl")
+                && messages[0].contains(": reloaded, 0 records (were ")
+        );
         assert!(ws.scores.is_empty());
     }
 

@@ -465,3 +465,33 @@ fn check_decodes_every_image_and_names_the_bad_ones() {
         "{out}"
     );
 }
+
+#[test]
+fn spr_device_picks_the_cpu_or_names_a_bad_value() {
+    let rec = demo_dir().join("rec/finetune_demo_val.json");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-model");
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |device: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_spr"))
+            .args(["eval", "--model", model.to_str().unwrap(), "--data"])
+            .arg(&rec)
+            .args(["--profile", "tiny", "--limit", "2", "--out"])
+            .arg(tmp.path().join(device))
+            .env("SPR_DEVICE", device)
+            .output()
+            .unwrap()
+    };
+    let out = run("gpu");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SPR_DEVICE=\"gpu\": expected \"cpu\" or \"cuda\""),
+        "{err}"
+    );
+    let out = run("cpu");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -21,8 +21,6 @@ pub mod rec;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
-
 use crate::core::project::ProjectError;
 use crate::core::rec::data::RecDataError;
 use crate::core::runs::{files as run_files, RunDir, RunError};
@@ -87,7 +85,7 @@ pub fn resolve_adapter(path: &Path) -> Result<PathBuf> {
 /// adapter at `adapter` applied when given ([`resolve_adapter`]). An
 /// adapter that does not fit the model is an error naming its tensor.
 pub fn load_policy(model: &str, adapter: Option<&Path>) -> Result<(LlavaBundle, Option<PathBuf>)> {
-    let device = Device::cuda_if_available(0).map_err(ModelError::from)?;
+    let device = crate::model::compute_device().map_err(ModelError::from)?;
     let mut bundle = LlavaBundle::load(model, &device)?;
     bundle.model.set_grad_enabled(false);
     let adapter = adapter.map(resolve_adapter).transpose()?;

@@ -187,8 +187,23 @@ pub fn decode_workers(device: &Device) -> usize {
     }
 }
 
-/// The first CUDA device when built with CUDA and one is present, else the
-/// CPU.
+/// The device to compute on: the CPU when `SPR_DEVICE=cpu` (a CUDA build
+/// can then still run on the CPU, e.g. to compare its results with the
+/// GPU's), else the first CUDA device in a CUDA build, else the CPU. A
+/// CUDA build that finds no usable GPU is an error, not a silent fall back
+/// to the CPU.
+pub fn compute_device() -> candle_core::Result<Device> {
+    match std::env::var("SPR_DEVICE").ok().as_deref().map(str::trim) {
+        Some("cpu") => Ok(Device::Cpu),
+        Some("cuda") | Some("") | None => Device::cuda_if_available(0),
+        Some(other) => Err(candle_core::Error::Msg(format!(
+            "SPR_DEVICE={other:?}: expected \"cpu\" or \"cuda\""
+        ))),
+    }
+}
+
+/// [`compute_device`], or the CPU where it fails (scorers and benchmarks
+/// that must run anyway).
 pub fn default_device() -> Device {
-    Device::cuda_if_available(0).unwrap_or(Device::Cpu)
+    compute_device().unwrap_or(Device::Cpu)
 }

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use crate::core::atomic;
 use crate::core::rec::data::{self as rec_data, RecSet};
@@ -356,7 +356,7 @@ impl Trainer {
     /// the data and the reference log-probs, and, when `checkpoint` is
     /// given, the weights, optimizer moments and position saved there.
     pub fn setup(cfg: &TrainConfig, run: &RunDir, checkpoint: Option<&Path>) -> Result<Self> {
-        let device = Device::cuda_if_available(0)?;
+        let device = crate::model::compute_device()?;
         let (mut bundle, full) = match cfg.tune {
             Tune::Lora => {
                 let mut bundle = LlavaBundle::load(&cfg.model, &device)?;

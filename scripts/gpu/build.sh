@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Prepares .gpu/ (git-ignored) for scripts/gpu/check.sh, on a machine
+# without a GPU: a stripped, xz-compressed headless `spr` built with
+# CUDA (DESIGN §4's toolchain from PyPI, sm_90 for Hopper), the Python
+# wheels the device lacks (TRL and its data libraries), and the shared
+# TRL benchmark's scripts. The device tool then carries `.gpu`.
+#
+#   scripts/gpu/build.sh            # ~25 min on 2 cores the first time
+#
+# Environment: CUDA_VENV (default ~/.cache/spr-cuda-venv), CUDA_TARGET
+# (default target/cuda), TRL_BENCH (default ../shared/bench/trl).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+venv=${CUDA_VENV:-$HOME/.cache/spr-cuda-venv}
+if [ ! -x "$venv/bin/pip" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q "nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-runtime==13.0.*" \
+  "nvidia-cuda-cccl==13.0.*" "nvidia-cuda-crt==13.0.*" "nvidia-nvvm==13.0.*"
+cuda=$(ls -d "$venv"/lib/python3*/site-packages/nvidia/cu13)
+chmod +x "$cuda"/bin/* "$cuda"/nvvm/bin/* 2>/dev/null || true
+export PATH="$cuda/bin:$PATH" CUDA_ROOT="$cuda" CUDA_PATH="$cuda" CUDA_COMPUTE_CAP=90
+
+target=${CUDA_TARGET:-target/cuda}
+CARGO_TARGET_DIR="$target" cargo build --release --no-default-features --features cuda --bin spr
+
+mkdir -p .gpu/wheels .gpu/trl
+strip -o .gpu/spr "$target/release/spr"
+xz -T0 -6 -f .gpu/spr   # → .gpu/spr.xz
+
+# The device has torch, transformers, PEFT, accelerate, pandas and pyarrow
+# (Python 3.12); TRL, datasets, dill and multiprocess travel as wheels.
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+  --platform manylinux2014_x86_64 --platform any -d .gpu/wheels \
+  "trl==1.16.0" "datasets>=4.7,<5" "dill" "multiprocess"
+
+bench=${TRL_BENCH:-../shared/bench/trl}
+cp "$bench"/{make_tiny_llava.py,make_pairs.py,scenes.py,tiny_config.json} .gpu/trl/
+du -sh .gpu .gpu/*
+echo "ready: run scripts/gpu/check.sh on the device with carry [\".gpu\"]"

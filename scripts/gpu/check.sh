@@ -144,16 +144,21 @@ def peak(name):
     return max(vals) if vals else None
 steps = [json.loads(l) for l in open(os.path.join(out, "steps.jsonl"))]
 spr_tps = number(r"throughput: ([0-9.]+) tokens/s", text("bench_train"))
+spr_sps = number(r"tokens/s, ([0-9.]+) s/step", text("bench_train"))
 trl = last_json("trl") or {}
 summary = {
     "ok": all(s["exit"] == 0 for s in steps),
     "steps": steps,
     "parity": last_json("parity"),
-    "spr_bench_train": {"tokens_per_s": spr_tps, "peak_gpu_mb_sampled": peak("bench_train"),
+    "spr_bench_train": {"tokens_per_s": spr_tps, "s_per_step": spr_sps, "peak_gpu_mb_sampled": peak("bench_train"),
                         "peak_rss_mb": number(r"peak RSS: ([0-9.]+) MB", text("bench_train"))},
     "spr_bench_generate": {"lines": [l for l in text("bench_generate").splitlines() if "tokens/s" in l],
                            "peak_gpu_mb_sampled": peak("bench_generate")},
     "trl": trl,
+    # The same pairs in the same order, so the same work per step: the
+    # step-time ratio is the fair one (the two count tokens slightly
+    # differently: see the README).
+    "speedup_spr_over_trl_by_step_time": (trl["s_per_step"] / spr_sps) if spr_sps and trl.get("s_per_step") else None,
     "ratio_spr_over_trl_tokens_per_s": (spr_tps / trl["tokens_per_s"]) if spr_tps and trl.get("tokens_per_s") else None,
 }
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)

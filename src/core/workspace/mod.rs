@@ -154,6 +154,8 @@ pub struct Workspace {
     pub problems: Vec<String>,
     object_ids: HashMap<u64, usize>,
     index: index::Index,
+    /// Query id → index into `marks`.
+    mark_index: HashMap<String, usize>,
     /// Counts every change of the records (the ranking cache's key).
     revision: u64,
     cache: Mutex<index::RankCache>,
@@ -180,7 +182,7 @@ impl Workspace {
         let marks = disk::read_stage(&project, files::MARKS, d, pr)?;
         let object_ids = pipeline::object_ids(&dataset);
         let index = index::Index::build(&regions, &candidates);
-        Ok(Workspace {
+        let mut ws = Workspace {
             project,
             dataset,
             regions,
@@ -193,13 +195,16 @@ impl Workspace {
             problems,
             object_ids,
             index,
+            mark_index: HashMap::new(),
             revision: 0,
             cache: Mutex::default(),
             writer: None,
             disk,
             undo: Vec::new(),
             redo: Vec::new(),
-        })
+        };
+        ws.index_marks();
+        Ok(ws)
     }
 
     /// The project folder.
@@ -263,7 +268,27 @@ impl Workspace {
 
     /// The marks of `query_id`.
     pub fn mark_of(&self, query_id: &str) -> Option<&MarkRecord> {
-        self.marks.iter().find(|m| m.query_id == query_id)
+        // The index is rebuilt whenever the workspace changes the marks;
+        // it is checked so that a caller who edited the public vector
+        // directly still gets the right answer.
+        match self
+            .mark_index
+            .get(query_id)
+            .and_then(|&i| self.marks.get(i))
+        {
+            Some(m) if m.query_id == query_id => Some(m),
+            _ => self.marks.iter().find(|m| m.query_id == query_id),
+        }
+    }
+
+    /// Rebuilds the query → mark lookup.
+    fn index_marks(&mut self) {
+        self.mark_index = self
+            .marks
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.query_id.clone(), i))
+            .collect();
     }
 
     /// The candidates of `query_id` ranked best first at `lambda`, with the
@@ -640,9 +665,10 @@ impl Workspace {
         !self.redo.is_empty()
     }
 
-    /// Rebuilds the lookups after records were removed.
+    /// Rebuilds the lookups after records were removed or reloaded.
     fn reindex(&mut self) {
         self.index = index::Index::build(&self.regions, &self.candidates);
+        self.index_marks();
         self.touched();
     }
 
@@ -699,6 +725,7 @@ impl Workspace {
                 if let Some(m) = after {
                     self.marks.push(m.clone());
                 }
+                self.index_marks();
                 self.save(files::MARKS)
             }
         }
@@ -955,6 +982,37 @@ mod tests {
                 && messages[0].contains(": reloaded, 0 records (were ")
         );
         assert!(ws.scores.is_empty());
+    }
+
+    #[test]
+    fn marks_are_found_by_query_after_edits_undo_and_reload() {
+        let (_tmp, dir) = demo_copy();
+        let mut ws = Workspace::open(&dir).unwrap();
+        let queries: Vec<String> = ws.regions.iter().take(4).map(|r| r.id.clone()).collect();
+        for q in &queries {
+            let c = ws.candidates[ws.candidates_of(q)[0]].id.clone();
+            ws.apply(ws.mark_edit(q, MarkKind::Chosen, Some(c)))
+                .unwrap();
+        }
+        // Clearing the first mark moves the others in the vector.
+        ws.apply(ws.mark_edit(&queries[0], MarkKind::Chosen, None))
+            .unwrap();
+        assert!(ws.mark_of(&queries[0]).is_none());
+        for q in &queries[1..] {
+            assert_eq!(ws.mark_of(q).map(|m| m.query_id.as_str()), Some(q.as_str()));
+        }
+        assert!(ws.undo().unwrap());
+        assert!(ws.mark_of(&queries[0]).is_some());
+        // Another process rewrites the marks: the lookup follows the reload.
+        let path = dir.join(files::MARKS);
+        let kept: Vec<MarkRecord> = ws.marks.iter().rev().take(2).cloned().collect();
+        project::write_jsonl(&path, &kept).unwrap();
+        ws.reload_changed().unwrap();
+        for m in &kept {
+            assert_eq!(ws.mark_of(&m.query_id), Some(m));
+        }
+        assert_eq!(ws.marks.len(), 2);
+        assert!(queries.iter().filter(|q| ws.mark_of(q).is_some()).count() == 2);
     }
 
     #[test]

@@ -17,13 +17,34 @@ if [ ! -x "$venv/bin/pip" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install -q "nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-runtime==13.0.*" \
-  "nvidia-cuda-cccl==13.0.*" "nvidia-cuda-crt==13.0.*" "nvidia-nvvm==13.0.*"
+  "nvidia-cuda-cccl==13.0.*" "nvidia-cuda-crt==13.0.*" "nvidia-nvvm==13.0.*" \
+  "nvidia-cublas==13.*" "nvidia-cuda-nvrtc==13.0.*" "nvidia-curand"
 cuda=$(ls -d "$venv"/lib/python3*/site-packages/nvidia/cu13)
 chmod +x "$cuda"/bin/* "$cuda"/nvvm/bin/* 2>/dev/null || true
 export PATH="$cuda/bin:$PATH" CUDA_ROOT="$cuda" CUDA_PATH="$cuda" CUDA_COMPUTE_CAP=90
 
+# The link needs the CUDA libraries under their plain names, and the
+# driver's libcuda, which only an NVIDIA driver installs. The wheels have
+# the libraries; for libcuda a stub with the driver functions the crates
+# call stands in at link time (the binary then asks for libcuda.so.1, which
+# the GPU machine's driver provides). LIBRARY_PATH, unlike RUSTFLAGS, does
+# not make cargo rebuild everything.
 target=${CUDA_TARGET:-target/cuda}
-CARGO_TARGET_DIR="$target" cargo build --release --no-default-features --features cuda --bin spr
+mkdir -p "$target"
+link="$(cd "$target" && pwd)/cuda-link"
+mkdir -p "$link"
+for lib in cublas cublasLt nvrtc curand cudart; do
+  ln -sf "$(ls "$cuda"/lib/lib$lib.so.* | head -n 1)" "$link/lib$lib.so"
+done
+[ -f "$link/libcuda.so" ] || { printf 'void cuInit(void) {}\n' > "$link/stub.c"; gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$link/libcuda.so" "$link/stub.c"; }
+build() { LIBRARY_PATH="$link" CARGO_TARGET_DIR="$target" cargo build --release --no-default-features --features cuda --bin spr; }
+if ! build; then
+  # First time: the stub lacks the functions; take them from the crates.
+  nm -u "$target"/release/deps/lib{cudarc,candle_core,candle_nn,spr_workbench}-*.rlib 2>/dev/null \
+    | awk '{print $2}' | grep -E '^cu[A-Z]' | sort -u | awk '{print "void " $1 "(void) {}"}' > "$link/stub.c"
+  gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$link/libcuda.so" "$link/stub.c"
+  build
+fi
 
 mkdir -p .gpu/wheels .gpu/trl
 strip -o .gpu/spr "$target/release/spr"

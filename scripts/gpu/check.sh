@@ -38,6 +38,7 @@ if [ "$cpu_only" = 1 ]; then
   spr=${SPR_BIN:-target/release/spr}
   [ -x "$spr" ] || fail "SPR_GPU_CHECK_CPU=1 needs an spr binary at SPR_BIN (now $spr)"
   shape=tiny
+  export SPR_DEVICE=cpu   # a CUDA build too: this run tries the plumbing
 else
   command -v nvidia-smi >/dev/null 2>&1 \
     || fail "no nvidia-smi here: this machine has no NVIDIA driver; run the check on the lent GPU machine"

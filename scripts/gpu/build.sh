@@ -5,7 +5,7 @@
 # wheels the device lacks (TRL and its data libraries), and the shared
 # TRL benchmark's scripts. The device tool then carries `.gpu`.
 #
-#   scripts/gpu/build.sh            # ~25 min on 2 cores the first time
+#   scripts/gpu/build.sh            # ~12 min on 2 cores the first time (measured here)
 #
 # Environment: CUDA_VENV (default ~/.cache/spr-cuda-venv), CUDA_TARGET
 # (default target/cuda), TRL_BENCH (default ../shared/bench/trl).

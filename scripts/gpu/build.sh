@@ -50,11 +50,13 @@ mkdir -p .gpu/wheels .gpu/trl
 strip -o .gpu/spr "$target/release/spr"
 xz -T0 -6 -f .gpu/spr   # → .gpu/spr.xz
 
-# The device has torch, transformers, PEFT, accelerate, pandas and pyarrow
-# (Python 3.12); TRL, datasets, dill and multiprocess travel as wheels.
+# The device has torch, accelerate, pandas and pyarrow (Python 3.12), and
+# other versions of transformers and PEFT than the shared TRL bench pins;
+# TRL, datasets, dill and multiprocess are missing. All of these travel as
+# pure-Python wheels, at the bench's versions.
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --platform manylinux2014_x86_64 --platform any -d .gpu/wheels \
-  "trl==1.16.0" "datasets>=4.7,<5" "dill" "multiprocess"
+  "trl==1.16.0" "transformers==5.23.0" "peft==0.21.*" "datasets==4.8.5" "dill" "multiprocess"
 
 bench=${TRL_BENCH:-../shared/bench/trl}
 cp "$bench"/{make_tiny_llava.py,make_pairs.py,scenes.py,tiny_config.json} .gpu/trl/

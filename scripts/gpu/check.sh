@@ -54,11 +54,15 @@ print(":".join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 [ -d .gpu/trl ] || fail "no .gpu/trl (the shared TRL benchmark's scripts): run scripts/gpu/build.sh"
-if ! python3 -c 'import trl' 2>/dev/null; then
-  [ -d .gpu/wheels ] || fail "TRL is missing and there is no .gpu/wheels to install it from"
-  python3 -m pip install -q --no-index --find-links .gpu/wheels trl datasets dill multiprocess \
-    || fail "cannot install TRL from .gpu/wheels"
+if [ "$cpu_only" != 1 ]; then
+  # The shared TRL bench's versions (transformers, PEFT, TRL) over the
+  # image's, without touching anything else.
+  [ -d .gpu/wheels ] || fail "no .gpu/wheels: run scripts/gpu/build.sh"
+  python3 -m pip install -q --no-index --no-deps .gpu/wheels/*.whl \
+    || fail "cannot install the wheels in .gpu/wheels"
 fi
+python3 -c 'import trl, transformers, peft; print("trl", trl.__version__, "transformers", transformers.__version__, "peft", peft.__version__)' \
+  || fail "TRL, transformers or PEFT cannot be imported"
 "$spr" --version || fail "the spr binary does not start (see above: a missing library?)"
 
 # step NAME SECONDS CMD...: runs CMD under a time limit, output to $OUT/NAME.txt.

@@ -98,6 +98,7 @@ pub struct TrainingView {
     /// The last message of this view.
     pub message: String,
     last_poll: Option<Instant>,
+    series: plots::SeriesCache,
 }
 
 impl Default for TrainingView {
@@ -113,6 +114,7 @@ impl Default for TrainingView {
             diff_only: true,
             message: String::new(),
             last_poll: None,
+            series: plots::SeriesCache::default(),
         }
     }
 }
@@ -469,13 +471,14 @@ impl TrainingView {
             ui.label("Select runs in the table to plot them.");
             return;
         }
-        let metrics: Vec<&str> = plots::METRICS
+        let (x, smoothing) = (self.x_axis, self.smoothing);
+        let metrics: Vec<&'static str> = plots::METRICS
             .iter()
             .copied()
             .filter(|m| {
                 shown
                     .iter()
-                    .any(|(_, _, ev)| !plots::series(ev, m, XAxis::Step).is_empty())
+                    .any(|(name, _, ev)| !self.series.get(name, ev, m, x, smoothing).raw.is_empty())
             })
             .collect();
         let width = ui.available_width();
@@ -486,7 +489,14 @@ impl TrainingView {
                 for m in chunk {
                     ui.allocate_ui(egui::vec2(plot_w, 200.0), |ui| {
                         ui.vertical(|ui| {
-                            plots::metric_plot(ui, m, &shown, self.x_axis, self.smoothing, 170.0)
+                            plots::metric_plot(
+                                ui,
+                                m,
+                                &shown,
+                                (x, smoothing),
+                                170.0,
+                                &mut self.series,
+                            )
                         });
                     });
                 }

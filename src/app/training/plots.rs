@@ -2,6 +2,9 @@
 //! with a legend, the raw line faint behind an exponential moving average,
 //! x by step or by wall time, hover for values (egui_plot).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use egui::Color32;
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
@@ -22,7 +25,7 @@ pub const METRICS: [&str; 9] = [
 ];
 
 /// What the x axis shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum XAxis {
     /// Optimizer step.
     #[default]
@@ -55,6 +58,61 @@ pub fn series(events: &[Event], metric: &str, x: XAxis) -> Vec<[f64; 2]> {
         })
         .filter(|p| p[1].is_finite())
         .collect()
+}
+
+/// A run's series, raw and smoothed.
+#[derive(Clone, Debug, Default)]
+pub struct Series {
+    /// `(x, y)` as logged.
+    pub raw: Arc<Vec<[f64; 2]>>,
+    /// Its moving average at the plots' smoothing.
+    pub smoothed: Arc<Vec<[f64; 2]>>,
+}
+
+/// The plotted series, computed once per (run, metric, axis) and kept
+/// until the run's events or the smoothing change, instead of being read
+/// out of every event again each frame (a long run has tens of thousands).
+#[derive(Debug, Default)]
+pub struct SeriesCache {
+    entries: HashMap<(String, &'static str, XAxis), (EventsSeen, u64, Series)>,
+}
+
+/// What identifies the events a series was computed from: how many there
+/// were, and the last one's step (a run rewritten from the start changes it).
+type EventsSeen = (usize, Option<u64>);
+
+fn seen(events: &[Event]) -> EventsSeen {
+    (events.len(), events.last().map(Event::step))
+}
+
+impl SeriesCache {
+    /// `metric` of run `run` (its `events`) on axis `x`, smoothed with
+    /// `smoothing`.
+    pub fn get(
+        &mut self,
+        run: &str,
+        events: &[Event],
+        metric: &'static str,
+        x: XAxis,
+        smoothing: f64,
+    ) -> Series {
+        let key = (run.to_string(), metric, x);
+        let now = seen(events);
+        if let Some((at, w, series)) = self.entries.get(&key) {
+            if *at == now && *w == smoothing.to_bits() {
+                return series.clone();
+            }
+        }
+        let raw = series(events, metric, x);
+        let smoothed = smooth(&raw, smoothing);
+        let s = Series {
+            raw: Arc::new(raw),
+            smoothed: Arc::new(smoothed),
+        };
+        self.entries
+            .insert(key, (now, smoothing.to_bits(), s.clone()));
+        s
+    }
 }
 
 /// Exponential moving average with TensorBoard's debiasing: `weight` 0 is
@@ -92,11 +150,11 @@ pub fn run_color(i: usize) -> Color32 {
 /// One metric's plot for `runs` (name, colour index, events).
 pub fn metric_plot(
     ui: &mut egui::Ui,
-    metric: &str,
+    metric: &'static str,
     runs: &[(String, usize, &[Event])],
-    x: XAxis,
-    smoothing: f64,
+    (x, smoothing): (XAxis, f64),
     height: f32,
+    cache: &mut SeriesCache,
 ) {
     ui.label(egui::RichText::new(metric).strong());
     Plot::new(("metric", metric))
@@ -109,21 +167,21 @@ pub fn metric_plot(
         .allow_scroll(false)
         .show(ui, |p| {
             for (name, color_index, events) in runs {
-                let raw = series(events, metric, x);
-                if raw.is_empty() {
+                let s = cache.get(name, events, metric, x, smoothing);
+                if s.raw.is_empty() {
                     continue;
                 }
                 let color = run_color(*color_index);
                 if smoothing > 0.0 {
                     p.line(
-                        Line::new(format!("{name} (raw)"), PlotPoints::new(raw.clone()))
+                        Line::new(format!("{name} (raw)"), PlotPoints::new(s.raw.to_vec()))
                             .color(color.gamma_multiply(0.25))
                             .width(1.0)
                             .allow_hover(false),
                     );
                 }
                 p.line(
-                    Line::new(name.clone(), PlotPoints::new(smooth(&raw, smoothing)))
+                    Line::new(name.clone(), PlotPoints::new(s.smoothed.to_vec()))
                         .color(color)
                         .width(1.8),
                 );
@@ -134,6 +192,34 @@ pub fn metric_plot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn step(n: u64, loss: f64) -> Event {
+        Event::from_line(&format!(
+            r#"{{"step": {n}, "epoch": 0.1, "loss": {loss}, "lr": 1e-5, "grad_norm": 1.0, "tokens_per_s": 100.0, "time": {n}.0}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn series_are_cached_until_the_events_or_the_smoothing_change() {
+        let mut cache = SeriesCache::default();
+        let mut events = vec![step(1, 0.7), step(2, 0.6)];
+        let a = cache.get("run", &events, "loss", XAxis::Step, 0.5);
+        assert_eq!(*a.raw, vec![[1.0, 0.7], [2.0, 0.6]]);
+        let b = cache.get("run", &events, "loss", XAxis::Step, 0.5);
+        assert!(Arc::ptr_eq(&a.raw, &b.raw), "recomputed without a change");
+        events.push(step(3, 0.5));
+        let c = cache.get("run", &events, "loss", XAxis::Step, 0.5);
+        assert_eq!(c.raw.len(), 3);
+        let d = cache.get("run", &events, "loss", XAxis::Step, 0.0);
+        assert_eq!(*d.smoothed, *d.raw);
+        // Another run of the same length is not confused with this one.
+        let other = vec![step(1, 9.0), step(2, 9.0), step(3, 9.0)];
+        assert_eq!(
+            cache.get("other", &other, "loss", XAxis::Step, 0.0).raw[0][1],
+            9.0
+        );
+    }
 
     #[test]
     fn smoothing_is_debiased_and_zero_weight_is_raw() {

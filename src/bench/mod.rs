@@ -39,10 +39,7 @@ const GENERATED_BYTES_PER_IMAGE: u64 = 2_900;
 /// Refuses to generate a file the disk has no room for (with a margin of
 /// a quarter), naming both sizes.
 fn check_disk(path: &Path, images: usize) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = crate::core::atomic::parent_dir(path);
     let need = images as u64 * GENERATED_BYTES_PER_IMAGE;
     let Some(free) = free_bytes(dir) else {
         return Ok(());

@@ -28,11 +28,7 @@ use super::ProjectError;
 pub const LOCK_DIR: &str = ".spr-locks";
 
 fn lock_file(path: &Path, kind: &str) -> Result<(PathBuf, File), ProjectError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .join(LOCK_DIR);
+    let dir = crate::core::atomic::parent_dir(path).join(LOCK_DIR);
     fs::create_dir_all(&dir).map_err(|e| ProjectError::io(&dir, e))?;
     let name = path
         .file_name()
@@ -117,11 +113,7 @@ pub fn job_lock(path: &Path, command: &str) -> Result<JobLock, ProjectError> {
         }
         Err(fs::TryLockError::Error(e)) => return Err(ProjectError::io(&lock, e)),
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let since = utc(now);
+    let since = utc(crate::core::runs::events::now_s() as u64);
     let me = format!(
         "`{command}` (pid {}, since {since} UTC)",
         std::process::id()

@@ -107,10 +107,7 @@ pub enum RecDataError {
 /// The image root used when none is given: the file's folder, or its
 /// `images/` subfolder when that exists.
 pub fn default_image_root(path: &Path) -> PathBuf {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = crate::core::atomic::parent_dir(path);
     let images = dir.join("images");
     if images.is_dir() {
         images

@@ -974,10 +974,11 @@ impl<R: Read> JsonReader<R> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    /// A source that hands out one byte per `read`.
+    /// A source that hands out one byte per `read` (the loader's tests use
+    /// it too).
     pub(crate) struct Trickle<'a>(pub &'a [u8]);
 
     impl Read for Trickle<'_> {

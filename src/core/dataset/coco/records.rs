@@ -271,6 +271,21 @@ fn read_text<R: Read>(r: &mut JsonReader<R>) -> JResult<Result<String, Val>> {
     })
 }
 
+/// Checks a text field as read: missing or not a string become problems.
+/// Returns the string when there is one.
+fn check_text<'a>(
+    field: &'static str,
+    value: &'a Option<Result<String, Val>>,
+    problems: &mut Vec<Problem>,
+) -> Option<&'a str> {
+    match value {
+        None => problems.push(Problem::Missing(field)),
+        Some(Err(v)) => problems.push(Problem::NameNotString(field, *v)),
+        Some(Ok(s)) => return Some(s),
+    }
+    None
+}
+
 /// Checks a record's `id` against the records `table` kept so far:
 /// missing, invalid and repeated ids become problems. Returns the valid
 /// id and whether it repeats a kept one.
@@ -364,13 +379,10 @@ impl Loader {
         self.images.check_room("images")?;
         let mut problems = Vec::new();
         let checked = check_id(&self.images, id, &mut problems);
-        match &file_name {
-            None => problems.push(Problem::Missing("file_name")),
-            Some(Err(v)) => problems.push(Problem::NameNotString("file_name", *v)),
-            Some(Ok(name)) if escapes_root(name) => {
-                problems.push(Problem::FileNameEscapes(name.clone()))
+        if let Some(name) = check_text("file_name", &file_name, &mut problems) {
+            if escapes_root(name) {
+                problems.push(Problem::FileNameEscapes(name.to_string()));
             }
-            Some(Ok(_)) => {}
         }
         let mut size = |field: &'static str, v: Option<Val>| match v {
             None => {
@@ -430,11 +442,7 @@ impl Loader {
         self.categories.check_room("categories")?;
         let mut problems = Vec::new();
         let checked = check_id(&self.categories, id, &mut problems);
-        match &name {
-            None => problems.push(Problem::Missing("name")),
-            Some(Err(v)) => problems.push(Problem::NameNotString("name", *v)),
-            Some(Ok(_)) => {}
-        }
+        check_text("name", &name, &mut problems);
         let item = match (checked.0, name) {
             (Some(id), Some(Ok(name))) => Some(Category { id, name }),
             _ => None,

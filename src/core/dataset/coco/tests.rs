@@ -7,19 +7,7 @@ use proptest::prelude::*;
 use std::io::{self, Cursor};
 use std::sync::Arc;
 
-/// A source that hands out one byte per `read`.
-struct Trickle<'a>(&'a [u8]);
-
-impl Read for Trickle<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.0.is_empty() || out.is_empty() {
-            return Ok(0);
-        }
-        out[0] = self.0[0];
-        self.0 = &self.0[1..];
-        Ok(1)
-    }
-}
+use crate::core::dataset::json::tests::Trickle;
 
 fn load_str(s: &str) -> Result<Dataset, DatasetError> {
     load_from(

@@ -76,15 +76,15 @@ pub fn parse_jsonl_plain<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Json
     let mut records = Vec::new();
     let mut errors = Vec::new();
     let unterminated = !bytes.is_empty() && !bytes.ends_with(b"\n");
-    let count = bytes.split(|&b| b == b'\n').count();
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+    let mut lines = bytes.split(|&b| b == b'\n').enumerate().peekable();
+    while let Some((i, line)) = lines.next() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         match serde_json::from_slice::<T>(line) {
             Ok(r) => records.push((i + 1, r)),
             Err(e) => {
-                let message = if unterminated && i + 1 == count {
+                let message = if unterminated && lines.peek().is_none() {
                     format!(
                         "incomplete last line (an append still under way, or one cut short \
                          by a crash; the next append removes it): {e}"

@@ -19,7 +19,6 @@ const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/tiny-model");
 fn demo_copy(tmp: &Path) -> PathBuf {
     let root = tmp.join("demo");
     copy_dir(&demo_dir(), &root);
-    let _ = fs::remove_dir_all(root.join(lock::LOCK_DIR));
     root
 }
 

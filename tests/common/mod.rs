@@ -11,14 +11,14 @@ pub fn demo_dir() -> PathBuf {
 }
 
 /// Copies a folder tree (an `export/` folder is left out: tests make
-/// their own).
+/// their own; so are the lock files a window or run left in the source).
 pub fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for entry in fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         let target = to.join(entry.file_name());
         if entry.file_type().unwrap().is_dir() {
-            if entry.file_name() != "export" {
+            if entry.file_name() != "export" && entry.file_name() != ".spr-locks" {
                 copy_dir(&entry.path(), &target);
             }
         } else {

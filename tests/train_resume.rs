@@ -274,14 +274,14 @@ fn cli_sigterm_saves_a_checkpoint() {
 /// `TrainConfig.data` may be an SPR project folder: its `pairs.jsonl`
 /// (cropped images, the project's prompt, SPR reward gaps) trains fDPO
 /// with the grounded segmenter. No annotation file is needed.
-#[test]
-fn fdpo_trains_on_a_project_folder() {
+/// A project folder with three exported pairs and an fDPO config (grounded
+/// segmenter) on it.
+fn fdpo_project(dir: &Path) -> TrainConfig {
     use spr_workbench::core::project::{files as pfiles, Project, ProjectConfig};
     use spr_workbench::core::segment::SegmenterConfig;
     use spr_workbench::train::objectives::Objective;
 
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("proj");
+    let root = dir.join("proj");
     std::fs::create_dir_all(root.join("images")).unwrap();
     std::fs::copy(
         Path::new(FIXTURE).join("image0.png"),
@@ -348,6 +348,13 @@ fn fdpo_trains_on_a_project_folder() {
     cfg.segmenter = Some(SegmenterConfig::Grounded {
         format: project.config.model.format,
     });
+    cfg
+}
+
+#[test]
+fn fdpo_trains_on_a_project_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = fdpo_project(tmp.path());
     let run = tmp.path().join("run");
     let never = AtomicBool::new(false);
     let summary = trainer::train(&cfg, &run, |_| {}, &never).unwrap();
@@ -357,6 +364,77 @@ fn fdpo_trains_on_a_project_folder() {
     assert_eq!(ev.len(), 2);
     for loss in column(&ev, "loss") {
         assert!(loss.is_finite(), "{loss}");
+    }
+}
+
+/// Rows split over threads (the trainer's row-parallel steps) give the
+/// steps one thread gives, up to float summation order: DPO with LoRA,
+/// fDPO with segments on a project, and supervised full fine-tuning (whose
+/// projector runs inside each part's graph). Each run takes three steps at
+/// a high learning rate, so a wrong gradient in step 1 shows in the losses
+/// of steps 2 and 3.
+#[test]
+fn row_parallel_steps_match_one_thread() {
+    use spr_workbench::core::runs::RunDir;
+    use spr_workbench::train::objectives::{Objective, ObjectiveConfig};
+    use spr_workbench::train::trainer::{Trainer, Tune};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_data(tmp.path());
+    let mut dpo = config(&data, 3, 1e-2);
+    dpo.batch_size = 3;
+    let mut fdpo = fdpo_project(tmp.path());
+    fdpo.total_steps = 3;
+    fdpo.lr = 1e-2;
+    std::fs::write(
+        tmp.path().join("sft.jsonl"),
+        [
+            sft_line(
+                "img.png",
+                "Describe the region.",
+                "a red box [0.1, 0.2, 0.5, 0.6]",
+            ),
+            sft_line(
+                "img.png",
+                "Where is the dog?",
+                "the dog [0.3, 0.3, 0.9, 0.8]",
+            ),
+            sft_line("img.png", "What is on the left?", "a tree on the left"),
+        ]
+        .join("\n")
+            + "\n",
+    )
+    .unwrap();
+    let mut sft = config(&tmp.path().join("sft.jsonl"), 3, 3e-3);
+    sft.objective = ObjectiveConfig::new(Objective::Sft);
+    sft.tune = Tune::Full;
+
+    for (name, cfg) in [("dpo", dpo), ("fdpo", fdpo), ("sft", sft)] {
+        let steps = |workers: usize| -> Vec<[f64; 3]> {
+            let dir = tmp.path().join(format!("{name}-{workers}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut t = Trainer::setup(&cfg, &RunDir::new(&dir), None).unwrap();
+            t.set_workers(workers);
+            (0..3)
+                .map(|_| {
+                    let log = t.step().unwrap();
+                    [log.metrics.loss, log.grad_norm, log.metrics.logps_chosen]
+                })
+                .collect()
+        };
+        let one = steps(1);
+        for workers in [2, 3] {
+            let many = steps(workers);
+            eprintln!("{name}: 1 thread {one:?}\n{name}: {workers} threads {many:?}");
+            for (a, b) in one.iter().flatten().zip(many.iter().flatten()) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + a.abs()),
+                    "{name}, {workers} threads: {one:?} vs {many:?}"
+                );
+            }
+        }
+        // The runs moved: a test of equal constants would prove nothing.
+        assert!((one[0][0] - one[2][0]).abs() > 1e-4, "{name}: {one:?}");
     }
 }
 

@@ -253,16 +253,20 @@ pub enum BenchCommand {
 
 /// Sets the threads per CPU operation for the command (see
 /// [`crate::model::set_cpu_threads_per_op`]): one for the commands that
-/// split their work over the cores (decoding, scoring), every core for the
-/// rest. Call before any thread starts.
+/// split their work over the cores (decoding, scoring, training), every
+/// core for the rest. Call before any thread starts.
 pub fn configure_threads(cli: &Cli) {
     let decoding = matches!(
         cli.command,
         Some(Command::Generate(_))
             | Some(Command::Eval(_))
             | Some(Command::Score(_))
+            | Some(Command::Train(_))
+            | Some(Command::Tiny(_))
+            | Some(Command::Experiment { .. })
             | Some(Command::Bench(BenchCommand::Generate { .. }))
             | Some(Command::Bench(BenchCommand::Score { .. }))
+            | Some(Command::Bench(BenchCommand::Train { .. }))
     );
     crate::model::set_cpu_threads_per_op(if decoding {
         1

@@ -126,7 +126,7 @@ impl DecodeObserver for Counter<'_> {
 pub struct DecodePlan {
     /// Jobs decoded together at most.
     pub batch: usize,
-    /// Threads a batch is split over ([`crate::model::decode_workers`]).
+    /// Threads a batch is split over ([`crate::model::batch_workers`]).
     pub workers: usize,
     /// Most new tokens per job.
     pub max_new_tokens: usize,
@@ -140,7 +140,7 @@ impl DecodePlan {
     pub fn new(bundle: &LlavaBundle, batch: usize, max_new_tokens: usize) -> Self {
         Self {
             batch,
-            workers: crate::model::decode_workers(bundle.model.device()),
+            workers: crate::model::batch_workers(bundle.model.device()),
             max_new_tokens,
             min_new_tokens: 0,
         }

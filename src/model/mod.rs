@@ -164,9 +164,8 @@ pub fn cpu_cores() -> usize {
 /// variable that means parsing `/proc/cpuinfo` each time (`num_cpus`):
 /// measured here, 261 → 635 generated tokens/s at batch 1 and about 20 %
 /// more DPO-step tokens/s once the variable is set. Decoding many small
-/// sequences runs best with one thread per operation and the batch split
-/// over the cores ([`decode_workers`]); training with every core per
-/// operation.
+/// sequences and training on LLaVA rows run best with one thread per
+/// operation and the batch split over the cores ([`batch_workers`]).
 pub fn set_cpu_threads_per_op(n: usize) {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         // SAFETY (edition 2021: safe, but racy with other threads reading
@@ -175,10 +174,10 @@ pub fn set_cpu_threads_per_op(n: usize) {
     }
 }
 
-/// How many threads should decode parts of a batch side by side on
+/// How many threads should compute parts of a batch side by side on
 /// `device`: the cores when CPU operations run single-threaded
 /// (`RAYON_NUM_THREADS=1`), else one.
-pub fn decode_workers(device: &Device) -> usize {
+pub fn batch_workers(device: &Device) -> usize {
     let single = std::env::var("RAYON_NUM_THREADS").is_ok_and(|v| v.trim() == "1");
     if device.is_cpu() && single {
         cpu_cores()

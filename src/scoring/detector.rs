@@ -328,14 +328,14 @@ impl Detector for OwlDetector {
     }
 
     /// Contiguous shares of the regions on as many threads as
-    /// [`crate::model::decode_workers`] gives, each with its own image
+    /// [`crate::model::batch_workers`] gives, each with its own image
     /// cache.
     fn detect_regions(
         &self,
         work: &[(&RegionRecord, Vec<Vec<String>>)],
     ) -> Vec<Result<Vec<Vec<Detection>>, String>> {
         super::spread(
-            crate::model::decode_workers(self.model.device()),
+            crate::model::batch_workers(self.model.device()),
             work,
             |cache, (r, p)| self.detect(cache, r, p),
         )

@@ -334,14 +334,14 @@ impl SemanticScorer for ClipScorer {
     }
 
     /// Contiguous shares of the regions on as many threads as
-    /// [`crate::model::decode_workers`] gives (one per core when CPU
+    /// [`crate::model::batch_workers`] gives (one per core when CPU
     /// operations run single-threaded), each with its own image cache.
     fn score_regions(
         &self,
         work: &[(&RegionRecord, Vec<String>)],
     ) -> Vec<Result<Vec<SemanticParts>, String>> {
         super::spread(
-            crate::model::decode_workers(self.model.device()),
+            crate::model::batch_workers(self.model.device()),
             work,
             |cache, (r, t)| self.score(cache, r, t),
         )

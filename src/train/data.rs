@@ -634,8 +634,10 @@ pub struct Batch {
     pub n_pairs: usize,
     /// Real (non-padding) tokens in the batch, for `tokens_per_s`.
     pub n_tokens: usize,
-    /// Only the `B` chosen rows ([`collate_chosen`]).
-    pub chosen_only: bool,
+    /// Each row has its own entry in `images` ([`collate_chosen`],
+    /// [`collate_sides`]); otherwise `images` holds one per pair, shared by
+    /// chosen row `i` and rejected row `B + i`.
+    pub rows_own_images: bool,
 }
 
 /// One row of a batch: its pair, response ids and response segments.
@@ -656,14 +658,45 @@ pub fn collate(examples: &[&PairExample], pad_id: u32, device: &Device) -> Resul
 }
 
 /// Builds a batch of the chosen responses only: `B` rows, one per example
-/// (supervised training; [`Batch::chosen_only`] is set).
+/// (supervised training; [`Batch::rows_own_images`] is set).
 pub fn collate_chosen(examples: &[&PairExample], pad_id: u32, device: &Device) -> Result<Batch> {
     let rows: Vec<Row> = examples
         .iter()
         .map(|e| (*e, e.chosen_ids.as_slice(), e.chosen_segments.as_ref()))
         .collect();
     let mut batch = collate_rows(examples, &rows, pad_id, device)?;
-    batch.chosen_only = true;
+    batch.rows_own_images = true;
+    Ok(batch)
+}
+
+/// The examples' reward gaps, `[B, 2]` `f32`, when every example has them.
+pub fn reward_gaps(examples: &[&PairExample], device: &Device) -> Result<Option<Tensor>> {
+    let gaps: Option<Vec<f32>> = examples
+        .iter()
+        .map(|e| e.reward_gaps)
+        .collect::<Option<Vec<_>>>()
+        .map(|g| g.into_iter().flatten().collect());
+    Ok(gaps
+        .map(|g| Tensor::from_vec(g, (examples.len(), 2), device))
+        .transpose()?)
+}
+
+/// Builds a batch of any rows, each naming its pair and side, one image per
+/// row ([`Batch::rows_own_images`]; `n_pairs` counts the rows and reward
+/// gaps are left out): a part of a step that one thread computes while
+/// others compute the rest (the trainer's row-parallel steps).
+pub fn collate_sides(rows: &[(&PairExample, Side)], pad_id: u32, device: &Device) -> Result<Batch> {
+    let examples: Vec<&PairExample> = rows.iter().map(|(e, _)| *e).collect();
+    let rows: Vec<Row> = rows
+        .iter()
+        .map(|&(e, side)| match side {
+            Side::Chosen => (e, e.chosen_ids.as_slice(), e.chosen_segments.as_ref()),
+            Side::Rejected => (e, e.rejected_ids.as_slice(), e.rejected_segments.as_ref()),
+        })
+        .collect();
+    let mut batch = collate_rows(&examples, &rows, pad_id, device)?;
+    batch.rows_own_images = true;
+    batch.reward_gaps = None;
     Ok(batch)
 }
 
@@ -707,11 +740,6 @@ fn collate_rows(
         }
     }
     let shape = (rows.len(), t);
-    let gaps: Option<Vec<f32>> = examples
-        .iter()
-        .map(|e| e.reward_gaps)
-        .collect::<Option<Vec<_>>>()
-        .map(|g| g.into_iter().flatten().collect());
     Ok(Batch {
         input_ids: Tensor::from_vec(ids, shape, device)?,
         attention_mask: Tensor::from_vec(attention, shape, device)?,
@@ -722,13 +750,11 @@ fn collate_rows(
         } else {
             None
         },
-        reward_gaps: gaps
-            .map(|g| Tensor::from_vec(g, (b, 2), device))
-            .transpose()?,
+        reward_gaps: reward_gaps(examples, device)?,
         images: examples.iter().map(|e| e.image.clone()).collect(),
         n_pairs: b,
         n_tokens,
-        chosen_only: false,
+        rows_own_images: false,
     })
 }
 

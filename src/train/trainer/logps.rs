@@ -4,6 +4,7 @@
 //! adapters disabled and cached in the run folder.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use candle_core::{DType, Tensor};
 use image::DynamicImage;
@@ -29,17 +30,33 @@ pub(super) enum FeatureMode {
 }
 
 /// Per-image inputs of the language model, computed once: see
-/// [`FeatureMode`].
+/// [`FeatureMode`]. Shared by the threads of a row-parallel step; an image
+/// two threads miss at once is computed twice (same result), never under
+/// the lock.
 pub(super) struct FeatureCache {
-    pub(super) map: HashMap<String, Tensor>,
-    pub(super) mode: FeatureMode,
+    map: Mutex<HashMap<String, Tensor>>,
+    mode: FeatureMode,
 }
 
 impl FeatureCache {
-    fn get(&mut self, bundle: &LlavaBundle, image: &data::ImageRef) -> Result<Tensor> {
+    pub(super) fn new(mode: FeatureMode) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            mode,
+        }
+    }
+
+    fn cached(&self, key: &str) -> Option<Tensor> {
+        // A poisoned map only means another thread panicked mid-insert of
+        // a whole tensor: the map itself is intact.
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).cloned()
+    }
+
+    fn get(&self, bundle: &LlavaBundle, image: &data::ImageRef) -> Result<Tensor> {
         let key = format!("{}|{:?}", image.path.display(), image.crop);
-        if let Some(f) = self.map.get(&key) {
-            return Ok(f.clone());
+        if let Some(f) = self.cached(&key) {
+            return Ok(f);
         }
         let rgb = image.load().map_err(|e| TrainError::Checkpoint {
             path: image.path.clone(),
@@ -56,13 +73,15 @@ impl FeatureCache {
             FeatureMode::TowerEachStep => pixels,
         }
         .detach();
-        self.map.insert(key, feats.clone());
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(key, feats.clone());
         Ok(feats)
     }
 
     /// Features for a batch's rows: `[2B, N, H]` (the pairs' features
-    /// twice), or `[B, N, H]` for a chosen-only batch.
-    pub(super) fn batch(&mut self, bundle: &LlavaBundle, batch: &Batch) -> Result<Tensor> {
+    /// twice), or one per row when the rows own their images
+    /// ([`Batch::rows_own_images`]).
+    pub(super) fn batch(&self, bundle: &LlavaBundle, batch: &Batch) -> Result<Tensor> {
         let each = batch
             .images
             .iter()
@@ -74,7 +93,7 @@ impl FeatureCache {
             FeatureMode::ProjectEachStep => bundle.model.project(&once)?,
             FeatureMode::TowerEachStep => bundle.model.image_features(&once)?,
         };
-        if batch.chosen_only {
+        if batch.rows_own_images {
             return Ok(once);
         }
         Ok(Tensor::cat(&[&once, &once], 0)?)
@@ -120,14 +139,16 @@ pub(super) fn batch_logps(
 }
 
 /// Reference log-probs `(chosen, rejected)`, each `[n_examples, S]`,
-/// loaded from the run's cache or computed one example at a time with the
-/// adapters disabled (and cached).
+/// loaded from the run's cache or computed with the adapters disabled (one
+/// example at a time, the examples split into `workers` contiguous runs
+/// computed side by side) and cached.
 pub(super) fn reference_logps(
     bundle: &mut LlavaBundle,
     examples: &[PairExample],
-    features: &mut FeatureCache,
+    features: &FeatureCache,
     n_segments: Option<usize>,
     run: &RunDir,
+    workers: usize,
 ) -> Result<(Tensor, Tensor)> {
     let path = run.file(files::REF_LOGPS);
     let s = n_segments.unwrap_or(1);
@@ -143,21 +164,24 @@ pub(super) fn reference_logps(
     bundle.model.set_adapters_enabled(false);
     bundle.model.set_grad_enabled(false);
     let pad = bundle.tokenizer.pad_token_id();
-    let mut chosen = Vec::with_capacity(examples.len());
-    let mut rejected = Vec::with_capacity(examples.len());
-    let result = (|| -> Result<()> {
-        for ex in examples {
+    let frozen: &LlavaBundle = bundle;
+    let per_worker = examples.len().div_ceil(workers.max(1)).max(1);
+    let result = super::parallel::run_parts(examples.chunks(per_worker).collect(), |chunk| {
+        let mut out = Vec::with_capacity(chunk.len());
+        for ex in chunk {
             let batch = data::collate(&[ex], pad, &device)?;
-            let feats = features.batch(bundle, &batch)?;
-            let sums = batch_logps(bundle, &batch, &feats, n_segments)?;
-            chosen.push(sums.sum.narrow(0, 0, 1)?.detach());
-            rejected.push(sums.sum.narrow(0, 1, 1)?.detach());
+            let feats = features.batch(frozen, &batch)?;
+            let sums = batch_logps(frozen, &batch, &feats, n_segments)?;
+            out.push((
+                sums.sum.narrow(0, 0, 1)?.detach(),
+                sums.sum.narrow(0, 1, 1)?.detach(),
+            ));
         }
-        Ok(())
-    })();
+        Ok(out)
+    });
     bundle.model.set_adapters_enabled(true);
     bundle.model.set_grad_enabled(true);
-    result?;
+    let (chosen, rejected): (Vec<Tensor>, Vec<Tensor>) = result?.into_iter().flatten().unzip();
     let c = Tensor::cat(&chosen, 0)?;
     let r = Tensor::cat(&rejected, 0)?;
     let map = HashMap::from([

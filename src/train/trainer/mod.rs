@@ -30,8 +30,8 @@
 pub(crate) mod adamw;
 mod checkpoint;
 mod logps;
+mod parallel;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -51,7 +51,7 @@ use crate::core::runs::{
 use crate::infer::rec::RecEvalOptions;
 use crate::model::lora::PeftLayout;
 use crate::model::{FullWeights, LlavaBundle, LoraConfig, ModelError};
-use crate::train::data::{self, DataError, DataOptions, DataOrder, PairExample};
+use crate::train::data::{self, DataError, DataOptions, DataOrder, PairExample, Side};
 use crate::train::objectives::{self, LogpSums, Metrics, Objective, ObjectiveError, PairLogps};
 use crate::train::schedule::{clip_grad_norm, ScheduleError};
 
@@ -349,6 +349,7 @@ pub struct Trainer {
     losses: Vec<f64>,
     eval: Option<(RecSet, EvalSettings)>,
     last_eval_step: Option<u64>,
+    workers: usize,
 }
 
 impl Trainer {
@@ -425,24 +426,23 @@ impl Trainer {
             }
             None => None,
         };
-        let mut features = FeatureCache {
-            map: HashMap::new(),
-            mode: match cfg.tune {
-                Tune::Lora => FeatureMode::Projected,
-                Tune::Full => FeatureMode::ProjectEachStep,
-                Tune::FullVision => FeatureMode::TowerEachStep,
-            },
-        };
+        let features = FeatureCache::new(match cfg.tune {
+            Tune::Lora => FeatureMode::Projected,
+            Tune::Full => FeatureMode::ProjectEachStep,
+            Tune::FullVision => FeatureMode::TowerEachStep,
+        });
         // Supervised steps need no reference model.
+        let workers = crate::model::batch_workers(&device);
         let refs = if sft {
             None
         } else {
             Some(reference_logps(
                 &mut bundle,
                 &dataset.examples,
-                &mut features,
+                &features,
                 n_segments,
                 run,
+                workers,
             )?)
         };
         let trainable = |bundle: &LlavaBundle| match &full {
@@ -487,7 +487,20 @@ impl Trainer {
             losses: Vec::new(),
             eval,
             last_eval_step: None,
+            workers,
         })
+    }
+
+    /// Threads a micro-batch's rows are split over ([`parallel`]); by
+    /// default [`crate::model::batch_workers`] of the model's device.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Sets [`Self::workers`] (at least one). The gradients do not depend
+    /// on it beyond float summation order.
+    pub fn set_workers(&mut self, workers: usize) {
+        self.workers = workers.max(1);
     }
 
     /// Optimizer steps done so far.
@@ -582,9 +595,10 @@ impl Trainer {
         let mut grads: Option<GradStore> = None;
         let mut metric_sum = [0f64; 7];
         let mut tokens = 0usize;
+        let k = self.cfg.grad_accum as f64;
         for _ in 0..self.cfg.grad_accum {
-            let micro = self.micro_batch()?;
-            if !micro.metrics.loss.is_finite() {
+            let micro = self.micro_batch(1.0 / k)?;
+            let Some(g) = micro.grads else {
                 let checkpoint = save_checkpoint(
                     &self.run,
                     &self.bundle,
@@ -597,12 +611,11 @@ impl Trainer {
                     loss: micro.metrics.loss,
                     checkpoint,
                 });
-            }
+            };
             for (acc, v) in metric_sum.iter_mut().zip(micro.metrics.values()) {
                 *acc += v;
             }
             tokens += micro.tokens;
-            let g = (micro.loss / self.cfg.grad_accum as f64)?.backward()?;
             grads = Some(match grads {
                 None => g,
                 Some(acc) => accumulate(acc, &g, &self.vars)?,
@@ -618,7 +631,6 @@ impl Trainer {
         }
         self.state.step += 1;
         self.state.adam_step = self.opt.t;
-        let k = self.cfg.grad_accum as f64;
         let m = metric_sum.map(|v| v / k);
         let order = &self.state.data_order;
         let n = self.dataset.examples.len();
@@ -645,9 +657,14 @@ impl Trainer {
         Ok(log)
     }
 
-    /// The next micro-batch of the data order: its loss (with its graph)
-    /// and metrics.
-    fn micro_batch(&mut self) -> Result<MicroBatch> {
+    /// The next micro-batch of the data order: its metrics and the
+    /// gradients of `scale ×` its loss (none when the loss is not finite).
+    ///
+    /// The rows are split over [`Self::workers`] threads
+    /// ([`parallel`]): each computes its rows' summed log-probs, the loss
+    /// is computed once from those, and each thread backpropagates its
+    /// rows' share.
+    fn micro_batch(&mut self, scale: f64) -> Result<MicroBatch> {
         let cfg = &self.cfg;
         let device = self.bundle.model.device().clone();
         let n = self.dataset.examples.len();
@@ -655,33 +672,71 @@ impl Trainer {
         let pad = self.bundle.tokenizer.pad_token_id();
         let idx = self.state.data_order.next_batch(n, cfg.batch_size);
         let picked: Vec<&PairExample> = idx.iter().map(|&i| &self.dataset.examples[i]).collect();
-        let batch = if sft {
-            data::collate_chosen(&picked, pad, &device)?
-        } else {
-            data::collate(&picked, pad, &device)?
+        let b = picked.len();
+        // Rows 0..B chosen, then B..2B rejected (none for `sft`).
+        let sides: Vec<(&PairExample, Side)> = picked
+            .iter()
+            .map(|&e| (e, Side::Chosen))
+            .chain(picked.iter().filter(|_| !sft).map(|&e| (e, Side::Rejected)))
+            .collect();
+        let lengths: Vec<usize> = sides
+            .iter()
+            .map(|(e, side)| {
+                e.prompt_ids.len()
+                    + match side {
+                        Side::Chosen => e.chosen_ids.len(),
+                        Side::Rejected => e.rejected_ids.len(),
+                    }
+            })
+            .collect();
+        let parts = parallel::split_rows(&lengths, self.workers);
+        let batches = parts
+            .iter()
+            .map(|rows| {
+                let part: Vec<_> = rows.iter().map(|&r| sides[r]).collect();
+                data::collate_sides(&part, pad, &device)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let tokens = batches.iter().map(|b| b.n_tokens).sum();
+        let (bundle, features, n_segments) = (&self.bundle, &self.features, self.n_segments);
+        let sums = parallel::run_parts(batches.iter().collect(), |batch| {
+            let feats = features.batch(bundle, batch)?;
+            batch_logps(bundle, batch, &feats, n_segments)
+        })?;
+
+        // The loss from the rows' sums held as constants (`leaf`).
+        let s = n_segments.unwrap_or(1);
+        let mut sum_of_row = vec![0f32; sides.len() * s];
+        let mut tokens_of_row = vec![0f32; sides.len() * s];
+        for (rows, part) in parts.iter().zip(&sums) {
+            let part_sums = part.sum.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            let part_tokens = part.tokens.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            for (i, &row) in rows.iter().enumerate() {
+                sum_of_row[row * s..(row + 1) * s].copy_from_slice(&part_sums[i]);
+                tokens_of_row[row * s..(row + 1) * s].copy_from_slice(&part_tokens[i]);
+            }
+        }
+        let leaf = Var::from_tensor(&Tensor::from_vec(sum_of_row, (sides.len(), s), &device)?)?;
+        let row_tokens = Tensor::from_vec(tokens_of_row, (sides.len(), s), &device)?;
+        let segmented = n_segments.is_some();
+        let squeeze =
+            |t: Tensor| -> Result<Tensor> { Ok(if segmented { t } else { t.squeeze(1)? }) };
+        let half = |t: &Tensor, start: usize| -> Result<Tensor> { squeeze(t.narrow(0, start, b)?) };
+        let chosen = LogpSums {
+            sum: half(leaf.as_tensor(), 0)?,
+            tokens: half(&row_tokens, 0)?,
         };
-        let feats = self.features.batch(&self.bundle, &batch)?;
-        let sums = batch_logps(&self.bundle, &batch, &feats, self.n_segments)?;
-        let b = batch.n_pairs;
         let ids = Tensor::from_vec(
             idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
             b,
             &device,
         )?;
-        let segmented = self.n_segments.is_some();
-        let squeeze =
-            |t: Tensor| -> Result<Tensor> { Ok(if segmented { t } else { t.squeeze(1)? }) };
-        let half = |t: &Tensor, start: usize| -> Result<Tensor> { squeeze(t.narrow(0, start, b)?) };
-        let chosen = LogpSums {
-            sum: half(&sums.sum, 0)?,
-            tokens: half(&sums.tokens, 0)?,
-        };
         let logps = match &self.refs {
             Some((ref_c, ref_r)) => PairLogps::from_sums(
                 chosen,
                 LogpSums {
-                    sum: half(&sums.sum, b)?,
-                    tokens: half(&sums.tokens, b)?,
+                    sum: half(leaf.as_tensor(), b)?,
+                    tokens: half(&row_tokens, b)?,
                 },
                 &squeeze(ref_c.index_select(&ids, 0)?)?,
                 &squeeze(ref_r.index_select(&ids, 0)?)?,
@@ -700,16 +755,47 @@ impl Trainer {
                 )
             }
         };
-        let gaps = batch
-            .reward_gaps
-            .as_ref()
-            .map(|g| g.to_dtype(DType::F32))
-            .transpose()?;
+        let gaps = data::reward_gaps(&picked, &device)?;
         let out = objectives::compute(&cfg.objective, &logps, gaps.as_ref())?;
+        if !out.metrics.loss.is_finite() {
+            return Ok(MicroBatch {
+                grads: None,
+                metrics: out.metrics,
+                tokens,
+            });
+        }
+
+        // Each part backpropagates Σ (∂ scale·L/∂s_i) s_i over its rows.
+        let coef = match (out.loss * scale)?.backward()?.remove(leaf.as_tensor()) {
+            Some(c) => c,
+            None => leaf.as_tensor().zeros_like()?,
+        };
+        let shares = parts
+            .iter()
+            .zip(sums)
+            .map(|(rows, part)| {
+                let rows = Tensor::from_vec(
+                    rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                    rows.len(),
+                    &device,
+                )?;
+                Ok((part.sum, coef.index_select(&rows, 0)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let part_grads = parallel::run_parts(shares, |(sum, c)| {
+            Ok((sum.to_dtype(DType::F32)? * c)?.sum_all()?.backward()?)
+        })?;
+        let mut grads: Option<GradStore> = None;
+        for g in part_grads {
+            grads = Some(match grads {
+                None => g,
+                Some(acc) => accumulate(acc, &g, &self.vars)?,
+            });
+        }
         Ok(MicroBatch {
-            loss: out.loss,
+            grads,
             metrics: out.metrics,
-            tokens: batch.n_tokens,
+            tokens,
         })
     }
 
@@ -759,9 +845,10 @@ impl Trainer {
     }
 }
 
-/// One micro-batch's loss and metrics.
+/// One micro-batch's gradients (none when its loss is not finite) and
+/// metrics.
 struct MicroBatch {
-    loss: Tensor,
+    grads: Option<GradStore>,
     metrics: Metrics,
     tokens: usize,
 }

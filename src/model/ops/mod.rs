@@ -16,6 +16,8 @@
 //! They run on `f32` CPU tensors; [`softmax_last_dim`], [`rms_norm`] and
 //! [`rope`] fall back to the composed ops elsewhere (CUDA, bf16).
 
+pub mod linear;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {

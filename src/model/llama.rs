@@ -305,16 +305,24 @@ impl Attention {
                 repeat_kv(v, nh / nkv)?.contiguous()?,
             )
         };
-        // Scaling q (t × d) instead of the scores (t × t) is cheaper.
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q * scale)?.contiguous()?.matmul(&k.t()?)?;
-        let dtype = scores.dtype();
-        let scores = scores.to_dtype(DType::F32)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
+        let probs = match mask {
+            // Training: one op keeping only the weights (see ops::attention).
+            Some(m) if q.track_op() || k.track_op() => {
+                super::ops::attention::attention_weights(&q, &k, m, scale)?
+            }
+            _ => {
+                // Scaling q (t × d) instead of the scores (t × t) is cheaper.
+                let scores = (q * scale)?.contiguous()?.matmul(&k.t()?)?;
+                let dtype = scores.dtype();
+                let scores = scores.to_dtype(DType::F32)?;
+                let scores = match mask {
+                    Some(m) => scores.broadcast_add(m)?,
+                    None => scores,
+                };
+                softmax_last(&scores)?.to_dtype(dtype)?
+            }
         };
-        let probs = softmax_last(&scores)?.to_dtype(dtype)?;
         let out = probs
             .matmul(&v)?
             .transpose(1, 2)?

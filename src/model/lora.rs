@@ -34,6 +34,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 pub(crate) use super::ops::linear::linear;
+use super::ops::linear::lora_linear;
 use super::{ModelError, Result};
 use crate::core::rng::SplitMix64;
 
@@ -215,14 +216,28 @@ impl LoraLinear {
     /// Applies the layer to `x` (`(..., in)`); the adapter contributes
     /// according to `mode`.
     pub fn forward(&self, x: &Tensor, mode: AdapterMode) -> candle_core::Result<Tensor> {
-        let y = linear(x, &self.weight, self.bias.as_ref())?;
-        let Some(adapter) = &self.adapter else {
-            return Ok(y);
+        let adapter = match (&self.adapter, mode) {
+            (Some(adapter), AdapterMode::Train | AdapterMode::Infer) => adapter,
+            _ => return linear(x, &self.weight, self.bias.as_ref()),
         };
+        if mode == AdapterMode::Train && x.dtype() == DType::F32 {
+            // One kept output instead of three (see `lora_linear`).
+            let y = lora_linear(
+                x,
+                &self.weight,
+                adapter.a.as_tensor(),
+                adapter.b.as_tensor(),
+                adapter.scale,
+            )?;
+            return match &self.bias {
+                Some(bias) => y.broadcast_add(bias),
+                None => Ok(y),
+            };
+        }
+        let y = linear(x, &self.weight, self.bias.as_ref())?;
         let (a, b) = match mode {
-            AdapterMode::Off => return Ok(y),
             AdapterMode::Train => (adapter.a.as_tensor().clone(), adapter.b.as_tensor().clone()),
-            AdapterMode::Infer => (
+            _ => (
                 adapter.a.as_detached_tensor(),
                 adapter.b.as_detached_tensor(),
             ),

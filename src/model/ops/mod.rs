@@ -16,6 +16,7 @@
 //! They run on `f32` CPU tensors; [`softmax_last_dim`], [`rms_norm`] and
 //! [`rope`] fall back to the composed ops elsewhere (CUDA, bf16).
 
+pub mod attention;
 pub mod linear;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};

@@ -351,9 +351,15 @@ impl Mlp {
     }
 
     fn forward(&self, xs: &Tensor, lora: AdapterMode) -> candle_core::Result<Tensor> {
-        let gate = self.act.apply(&self.gate_proj.forward(xs, lora)?)?;
+        let gate = self.gate_proj.forward(xs, lora)?;
         let up = self.up_proj.forward(xs, lora)?;
-        self.down_proj.forward(&(gate * up)?, lora)
+        let h = if self.act == Activation::Silu && (gate.track_op() || up.track_op()) {
+            // Training: one op keeping only the product (see ops::gated).
+            super::ops::gated::silu_gate(&gate, &up)?
+        } else {
+            (self.act.apply(&gate)? * up)?
+        };
+        self.down_proj.forward(&h, lora)
     }
 }
 

@@ -17,6 +17,7 @@
 //! [`rope`] fall back to the composed ops elsewhere (CUDA, bf16).
 
 pub mod attention;
+pub mod gated;
 pub mod linear;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};

@@ -57,15 +57,21 @@ impl Job {
                 .append(true)
                 .open(p)
         };
-        let child = Command::new(spr_exe())
+        let mut command = Command::new(spr_exe());
+        command
             .args(args)
             .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(open(&stdout)?)
             .stderr(open(&stderr)?)
             // Progress as plain lines, not a terminal bar.
-            .env("SPR_PROGRESS", "lines")
-            .spawn()?;
+            .env("SPR_PROGRESS", "lines");
+        if crate::model::threads_env_is_ours() {
+            // The child chooses its own threads per operation (a training
+            // child splits its rows over the cores).
+            command.env_remove("RAYON_NUM_THREADS");
+        }
+        let child = command.spawn()?;
         Ok(Job {
             child,
             label: label.into(),

@@ -102,8 +102,13 @@ impl Runner<'_> {
     }
 
     fn spr(&self, args: &[String]) -> Result<()> {
-        let status = Command::new(&self.paths.spr)
-            .args(args)
+        let mut command = Command::new(&self.paths.spr);
+        command.args(args);
+        if crate::model::threads_env_is_ours() {
+            // Each stage picks its own threads per operation.
+            command.env_remove("RAYON_NUM_THREADS");
+        }
+        let status = command
             .status()
             .with_context(|| format!("starting {}", self.paths.spr.display()))?;
         if !status.success() {

@@ -167,11 +167,26 @@ pub fn cpu_cores() -> usize {
 /// sequences and training on LLaVA rows run best with one thread per
 /// operation and the batch split over the cores ([`batch_workers`]).
 pub fn set_cpu_threads_per_op(n: usize) {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+    let users = std::env::var_os("RAYON_NUM_THREADS").is_some();
+    let _ = THREADS_SET_BY_USER.set(users);
+    if !users {
         // SAFETY (edition 2021: safe, but racy with other threads reading
         // the environment): called at the start of `main`, single-threaded.
         std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
     }
+}
+
+/// Whether the user set `RAYON_NUM_THREADS` (recorded by
+/// [`set_cpu_threads_per_op`]).
+static THREADS_SET_BY_USER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Whether `RAYON_NUM_THREADS` in this process's environment was set by
+/// [`set_cpu_threads_per_op`] for this command rather than by the user:
+/// child `spr` processes must then not inherit it, so each picks its own
+/// (the window's every-core setting would otherwise stop a training child
+/// from splitting its rows over the cores).
+pub fn threads_env_is_ours() -> bool {
+    THREADS_SET_BY_USER.get() == Some(&false)
 }
 
 /// How many threads should compute parts of a batch side by side on

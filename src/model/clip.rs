@@ -67,31 +67,12 @@ impl Norm {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if !(x.track_op() || self.weight.track_op()) {
-            return candle_nn::ops::layer_norm(
-                &x.contiguous()?,
-                &self.weight,
-                &self.bias,
-                self.eps as f32,
-            );
-        }
-        let n = x.dim(D::Minus1)? as f64;
-        let mean = (x.sum_keepdim(D::Minus1)? / n)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / n)?;
-        centred
-            .broadcast_div(&(var + self.eps)?.sqrt()?)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        super::ops::clip::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
 fn softmax(xs: &Tensor) -> candle_core::Result<Tensor> {
-    if xs.track_op() {
-        super::ops::softmax_last_dim(xs)
-    } else {
-        candle_nn::ops::softmax_last_dim(&xs.contiguous()?)
-    }
+    super::ops::softmax_last_dim(xs)
 }
 
 /// The sizes of a CLIP encoder layer (text and vision towers share it).

@@ -40,7 +40,7 @@ impl Activation {
             Self::Silu => xs.silu(),
             Self::Gelu => xs.gelu_erf(),
             Self::GeluPytorchTanh => xs.gelu(),
-            Self::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702f64)?)?,
+            Self::QuickGelu => super::ops::clip::quick_gelu(xs),
             Self::Relu => xs.relu(),
         }
     }

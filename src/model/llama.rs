@@ -49,11 +49,7 @@ impl RmsNorm {
 
     /// Normalises the last axis.
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        if xs.track_op() || self.weight.track_op() {
-            super::ops::rms_norm(xs, &self.weight, self.eps as f32)
-        } else {
-            candle_nn::ops::rms_norm(&xs.contiguous()?, &self.weight, self.eps as f32)
-        }
+        super::ops::rms_norm(xs, &self.weight, self.eps as f32)
     }
 }
 
@@ -116,18 +112,11 @@ impl Rotary {
 /// Rotates `x` (`(b, heads, t, d)`) by the tables (`(b, t, d/2)`), in the
 /// half-split (`rotate_half`) convention of transformers' Llama.
 fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-    if !x.track_op() {
-        return candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin);
-    }
     super::ops::rope(x, cos, sin)
 }
 
 fn softmax_last(xs: &Tensor) -> candle_core::Result<Tensor> {
-    if xs.track_op() {
-        super::ops::softmax_last_dim(xs)
-    } else {
-        candle_nn::ops::softmax_last_dim(&xs.contiguous()?)
-    }
+    super::ops::softmax_last_dim(xs)
 }
 
 /// Repeats K/V heads for grouped-query attention: `(b, kv, s, d)` →

@@ -1,4 +1,5 @@
-//! Fused CPU ops with a backward pass, for training.
+//! Fused CPU ops: one pass each, with a backward pass where training
+//! needs one.
 //!
 //! candle's fused softmax, RMSNorm and rotary kernels have no backward, so a
 //! tracked forward pass falls back to compositions of elementwise ops; each
@@ -9,14 +10,18 @@
 //! keep only what their backward needs (the output for softmax, the input
 //! for RMSNorm, nothing for the rotation, which is linear).
 //!
-//! The loops are single-threaded on purpose: candle's own worker pool spins
-//! between ops, and a second pool (rayon) fighting it for the cores was
-//! slower than one thread on the 2-core benchmark machine.
+//! The loops are single-threaded on purpose, and serve inference too: the
+//! commands that spread work over the cores run one thread per op
+//! (`RAYON_NUM_THREADS=1`), and candle-nn's own softmax, norms and rotary
+//! kernels hand every call to rayon's global pool, whose one thread then
+//! serialises all the workers' calls (and wakes across threads for each).
 //!
-//! They run on `f32` CPU tensors; [`softmax_last_dim`], [`rms_norm`] and
-//! [`rope`] fall back to the composed ops elsewhere (CUDA, bf16).
+//! They run on `f32` CPU tensors; elsewhere (CUDA, bf16) the functions
+//! use candle's fused kernels when nothing is tracked and the composed
+//! ops when gradients are needed.
 
 pub mod attention;
+pub mod clip;
 pub mod gated;
 pub mod linear;
 
@@ -76,6 +81,8 @@ impl CustomOp1 for SoftmaxLastDim {
 pub fn softmax_last_dim(xs: &Tensor) -> candle_core::Result<Tensor> {
     if fused(xs) {
         xs.contiguous()?.apply_op1(SoftmaxLastDim)
+    } else if !xs.track_op() {
+        candle_nn::ops::softmax_last_dim(&xs.contiguous()?)
     } else {
         candle_nn::ops::softmax(xs, D::Minus1)
     }
@@ -148,6 +155,8 @@ pub fn rms_norm(xs: &Tensor, w: &Tensor, eps: f32) -> candle_core::Result<Tensor
     if fused(xs) && w.dtype() == DType::F32 {
         xs.contiguous()?
             .apply_op2(&w.contiguous()?, RmsNorm { eps })
+    } else if !(xs.track_op() || w.track_op()) {
+        candle_nn::ops::rms_norm(&xs.contiguous()?, w, eps)
     } else {
         candle_nn::ops::rms_norm_slow(xs, w, eps)
     }
@@ -225,6 +234,8 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tenso
     if fused(x) && cos.dtype() == DType::F32 && sin.dtype() == DType::F32 {
         x.contiguous()?
             .apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope)
+    } else if !x.track_op() {
+        candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)
     } else {
         let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
         let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;

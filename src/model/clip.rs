@@ -357,8 +357,29 @@ impl ClipVisionTower {
         if pixel_values.dim(0)? != 1 {
             candle_core::bail!("pooled_masked takes one image at a time");
         }
-        let before = self.hidden_state(pixel_values, self.layers.len() - 1)?;
+        let before = self.state_before_last(pixel_values)?;
         norm.forward(&last.class_token_masked(&before, allowed)?)
+    }
+
+    /// The hidden state entering the last layer, `(1, 1 + patches,
+    /// hidden)`: what [`Self::pooled_masked_from`] starts from, the same for
+    /// every region of an image.
+    pub fn state_before_last(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor> {
+        self.hidden_state(pixel_values, self.layers.len().saturating_sub(1))
+    }
+
+    /// [`Self::pooled_masked`] from the image's [`Self::state_before_last`].
+    pub fn pooled_masked_from(
+        &self,
+        before: &Tensor,
+        allowed: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let (Some(norm), Some(last)) = (&self.post_layernorm, self.layers.last()) else {
+            candle_core::bail!(
+                "the vision tower was loaded without its last layers and post_layernorm"
+            );
+        };
+        norm.forward(&last.class_token_masked(before, allowed)?)
     }
 
     /// `post_layernorm` of every token of the last layer, `(b, 1 +

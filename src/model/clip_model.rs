@@ -282,6 +282,23 @@ impl ClipModel {
     /// (`(1, 3, S, S)`): one per row of `patches` (`(r, patches)`, 1 where
     /// the region covers the patch, row-major over the grid).
     pub fn region_embeds(&self, pixel_values: &Tensor, patches: &[Vec<bool>]) -> Result<Tensor> {
+        let state = self.region_state(pixel_values)?;
+        self.region_embeds_from(&state, patches)
+    }
+
+    /// The image's state entering the vision tower's last layer, shared by
+    /// all its regions: cache it to embed many regions of one image.
+    pub fn region_state(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        if pixel_values.dim(0)? != 1 {
+            return Err(ModelError::Input(
+                "region embeddings take one image at a time".into(),
+            ));
+        }
+        Ok(self.vision.state_before_last(pixel_values)?)
+    }
+
+    /// [`Self::region_embeds`] from the image's [`Self::region_state`].
+    pub fn region_embeds_from(&self, state: &Tensor, patches: &[Vec<bool>]) -> Result<Tensor> {
         let n = self.cfg.vision_config.num_patches();
         let mut allowed = Vec::with_capacity(patches.len() * (n + 1));
         for row in patches {
@@ -298,7 +315,7 @@ impl ClipModel {
             );
         }
         let allowed = Tensor::from_vec(allowed, (patches.len(), n + 1), self.device())?;
-        let pooled = self.vision.pooled_masked(pixel_values, &allowed)?;
+        let pooled = self.vision.pooled_masked_from(state, &allowed)?;
         Ok(normalise(&linear(&pooled, &self.visual_projection, None)?)?)
     }
 }

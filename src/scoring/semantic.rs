@@ -44,11 +44,13 @@ pub struct ClipScorer {
     processor: ImageProcessor,
     image_root: PathBuf,
     name: String,
-    /// The last whole image encoded: file name and its padded pixels.
+    /// The last whole image encoded: file name and its tower state before
+    /// the last layer.
     last_image: Mutex<Option<WholeImage>>,
 }
 
-/// A whole image's padded pixels, by file name.
+/// A whole image's state entering the vision tower's last layer
+/// ([`ClipModel::region_state`]) and its padding, by file name.
 type WholeImage = (String, Tensor, SquarePad);
 
 impl ClipScorer {
@@ -235,8 +237,9 @@ impl ClipScorer {
         Ok((cat, counts))
     }
 
-    /// The whole image's padded pixels and its padding, cached for the
-    /// next region of the same image.
+    /// The whole image's state entering the tower's last layer and its
+    /// padding, cached for the next region of the same image (only the
+    /// last layer's class token depends on the region).
     fn whole_image(
         &self,
         cache: &mut Option<WholeImage>,
@@ -250,9 +253,11 @@ impl ClipScorer {
         }
         let side = self.model.config().vision_config.image_size as f32;
         let pad = SquarePad::new(rgb.width() as f32, rgb.height() as f32, side);
-        let px = self.pixels(self.pad_square(rgb))?;
-        *cache = Some((region.file_name.clone(), px.clone(), pad));
-        Ok((px, pad))
+        let state = self
+            .model
+            .region_state(&self.pixels(self.pad_square(rgb))?)?;
+        *cache = Some((region.file_name.clone(), state.clone(), pad));
+        Ok((state, pad))
     }
 
     fn score(
@@ -271,7 +276,10 @@ impl ClipScorer {
             .map_err(err)?;
         let (whole, pad) = self.whole_image(cache, region, &rgb).map_err(err)?;
         let mask = self.patch_mask(pad.padded_from_image(region.region));
-        let local_emb = self.model.region_embeds(&whole, &[mask]).map_err(err)?;
+        let local_emb = self
+            .model
+            .region_embeds_from(&whole, &[mask])
+            .map_err(err)?;
         let (text, chunks) = self.text_embeddings(texts)?;
         let cos = |img: &Tensor| -> Result<Vec<f32>, String> {
             text.matmul(&img.t().map_err(|e| e.to_string())?)

@@ -386,26 +386,7 @@ fn row_parallel_steps_match_one_thread() {
     let mut fdpo = fdpo_project(tmp.path());
     fdpo.total_steps = 3;
     fdpo.lr = 1e-2;
-    std::fs::write(
-        tmp.path().join("sft.jsonl"),
-        [
-            sft_line(
-                "img.png",
-                "Describe the region.",
-                "a red box [0.1, 0.2, 0.5, 0.6]",
-            ),
-            sft_line(
-                "img.png",
-                "Where is the dog?",
-                "the dog [0.3, 0.3, 0.9, 0.8]",
-            ),
-            sft_line("img.png", "What is on the left?", "a tree on the left"),
-        ]
-        .join("\n")
-            + "\n",
-    )
-    .unwrap();
-    let mut sft = config(&tmp.path().join("sft.jsonl"), 3, 3e-3);
+    let mut sft = config(&write_sft_data(tmp.path()), 3, 3e-3);
     sft.objective = ObjectiveConfig::new(Objective::Sft);
     sft.tune = Tune::Full;
 
@@ -447,6 +428,27 @@ fn sft_line(image: &str, prompt: &str, completion: &str) -> String {
     .to_string()
 }
 
+/// A prompt–completion JSONL of three rows on `dir/img.png` (which the
+/// caller provides).
+fn write_sft_data(dir: &Path) -> PathBuf {
+    let rows = [
+        sft_line(
+            "img.png",
+            "Describe the region.",
+            "a red box [0.1, 0.2, 0.5, 0.6]",
+        ),
+        sft_line(
+            "img.png",
+            "Where is the dog?",
+            "the dog [0.3, 0.3, 0.9, 0.8]",
+        ),
+        sft_line("img.png", "What is on the left?", "a tree on the left"),
+    ];
+    let data = dir.join("sft.jsonl");
+    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    data
+}
+
 /// Supervised full fine-tuning (how the tiny demo model is made): the loss
 /// falls, `events.jsonl` carries only the supervised metrics, a stopped and
 /// resumed run matches a straight one, the run ends with a model folder
@@ -464,21 +466,7 @@ fn sft_full_finetune_resumes_exactly_and_writes_a_loadable_model() {
         tmp.path().join("img.png"),
     )
     .unwrap();
-    let rows = [
-        sft_line(
-            "img.png",
-            "Describe the region.",
-            "a red box [0.1, 0.2, 0.5, 0.6]",
-        ),
-        sft_line(
-            "img.png",
-            "Where is the dog?",
-            "the dog [0.3, 0.3, 0.9, 0.8]",
-        ),
-        sft_line("img.png", "What is on the left?", "a tree on the left"),
-    ];
-    let data = tmp.path().join("sft.jsonl");
-    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    let data = write_sft_data(tmp.path());
     let mut cfg = config(&data, 6, 3e-3);
     cfg.objective = ObjectiveConfig::new(Objective::Sft);
     cfg.tune = Tune::Full;

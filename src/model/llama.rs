@@ -115,10 +115,6 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<T
     super::ops::rope(x, cos, sin)
 }
 
-fn softmax_last(xs: &Tensor) -> candle_core::Result<Tensor> {
-    super::ops::softmax_last_dim(xs)
-}
-
 /// Repeats K/V heads for grouped-query attention: `(b, kv, s, d)` →
 /// `(b, kv·n_rep, s, d)`.
 fn repeat_kv(x: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
@@ -295,23 +291,7 @@ impl Attention {
             )
         };
         let scale = 1.0 / (hd as f64).sqrt();
-        let probs = match mask {
-            // Training: one op keeping only the weights (see ops::attention).
-            Some(m) if q.track_op() || k.track_op() => {
-                super::ops::attention::attention_weights(&q, &k, m, scale)?
-            }
-            _ => {
-                // Scaling q (t × d) instead of the scores (t × t) is cheaper.
-                let scores = (q * scale)?.contiguous()?.matmul(&k.t()?)?;
-                let dtype = scores.dtype();
-                let scores = scores.to_dtype(DType::F32)?;
-                let scores = match mask {
-                    Some(m) => scores.broadcast_add(m)?,
-                    None => scores,
-                };
-                softmax_last(&scores)?.to_dtype(dtype)?
-            }
-        };
+        let probs = super::ops::attention::attention_weights(&q, &k, mask, scale)?;
         let out = probs
             .matmul(&v)?
             .transpose(1, 2)?

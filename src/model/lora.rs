@@ -220,19 +220,22 @@ impl LoraLinear {
             (Some(adapter), AdapterMode::Train | AdapterMode::Infer) => adapter,
             _ => return linear(x, &self.weight, self.bias.as_ref()),
         };
-        if mode == AdapterMode::Train && x.dtype() == DType::F32 {
-            // One kept output instead of three (see `lora_linear`).
-            let y = lora_linear(
+        if mode == AdapterMode::Train {
+            // One kept output instead of three where it applies (see
+            // `lora_linear`).
+            let fused = lora_linear(
                 x,
                 &self.weight,
                 adapter.a.as_tensor(),
                 adapter.b.as_tensor(),
                 adapter.scale,
             )?;
-            return match &self.bias {
-                Some(bias) => y.broadcast_add(bias),
-                None => Ok(y),
-            };
+            if let Some(y) = fused {
+                return match &self.bias {
+                    Some(bias) => y.broadcast_add(bias),
+                    None => Ok(y),
+                };
+            }
         }
         let y = linear(x, &self.weight, self.bias.as_ref())?;
         let (a, b) = match mode {

@@ -8,7 +8,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, D};
 
-use super::contiguous_f32;
+use super::{contiguous_f32, fused};
 
 /// `softmax(q kᵀ · scale + mask)` over the last axis for `q` `(b, h, t,
 /// d)`, `k` `(b, h, s, d)` and an additive mask `(b, 1, t, s)`.
@@ -96,26 +96,32 @@ impl CustomOp3 for AttentionWeights {
 }
 
 /// Attention weights `softmax(q kᵀ · scale + mask)` (`q` `(b, h, t, d)`,
-/// `k` `(b, h, s, d)`, `mask` `(b, 1, t, s)`), differentiable in `q` and
-/// `k`. One op keeping one tensor on `f32` CPU tensors, the composed ops
-/// elsewhere.
+/// `k` `(b, h, s, d)`, `mask` `(b, 1, t, s)` or none), differentiable in
+/// `q` and `k`. In training (`q` or `k` tracked, a mask, `f32` CPU
+/// tensors) one op keeping one tensor; otherwise the composed ops, which
+/// scale `q` (t × d) rather than the scores (t × s).
 pub fn attention_weights(
     q: &Tensor,
     k: &Tensor,
-    mask: &Tensor,
+    mask: Option<&Tensor>,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if f32_cpu(q) && f32_cpu(k) && f32_cpu(mask) {
-        return q.contiguous()?.apply_op3(
-            &k.contiguous()?,
-            &mask.contiguous()?,
-            AttentionWeights { scale },
-        );
+    if let Some(m) = mask {
+        if (q.track_op() || k.track_op()) && fused(q) && fused(k) && fused(m) {
+            return q.contiguous()?.apply_op3(
+                &k.contiguous()?,
+                &m.contiguous()?,
+                AttentionWeights { scale },
+            );
+        }
     }
     let scores = (q * scale)?.contiguous()?.matmul(&k.t()?)?;
     let dtype = scores.dtype();
-    let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
+    let scores = scores.to_dtype(DType::F32)?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
     super::softmax_last_dim(&scores)?.to_dtype(dtype)
 }
 
@@ -149,7 +155,7 @@ mod tests {
         let scale = 0.5;
         let run = |fused: bool| {
             let w = if fused {
-                attention_weights(&q, &k, &mask, scale).unwrap()
+                attention_weights(&q, &k, Some(&mask), scale).unwrap()
             } else {
                 let s = (q.as_tensor() * scale)
                     .unwrap()

@@ -100,6 +100,7 @@ pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::max_diff;
     use super::*;
     use candle_core::Device;
 
@@ -109,18 +110,6 @@ mod tests {
         let x = Tensor::randn(0f32, 2.0, (3, 5, 8), &dev).unwrap();
         let w = Tensor::randn(1f32, 0.3, 8, &dev).unwrap();
         let b = Tensor::randn(0f32, 0.3, 8, &dev).unwrap();
-        let max_diff = |p: &Tensor, q: &Tensor| {
-            (p - q)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
         let ours = layer_norm(&x, &w, &b, 1e-5).unwrap();
         let theirs = candle_nn::ops::layer_norm_slow(&x, &w, &b, 1e-5).unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-5);

@@ -5,9 +5,9 @@
 //! of the model); this op keeps only the product, and its backward
 //! recomputes the sigmoid from `gate`.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
-use super::contiguous_f32;
+use super::{contiguous_f32, fused};
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -99,8 +99,7 @@ impl CustomOp3 for SiluGateGrad {
 /// `silu(gate) ⊙ up`, differentiable in both; one op keeping one tensor on
 /// `f32` CPU tensors, the composed ops elsewhere.
 pub fn silu_gate(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if f32_cpu(gate) && f32_cpu(up) {
+    if fused(gate) && fused(up) {
         gate.contiguous()?.apply_op2(&up.contiguous()?, SiluGate)
     } else {
         gate.silu()? * up

@@ -174,24 +174,22 @@ impl candle_core::CustomOp3 for LoraOutput {
 }
 
 /// `x Wᵀ + scale · (x Aᵀ) Bᵀ` for `x` of any rank ≥ 1 with a frozen `W`
-/// (`(n, k)`) and adapter matrices `A` `(r, k)`, `B` `(n, r)`: gradients
-/// reach `x`, `A` and `B`. On `f32` CPU tensors the output comes from
-/// [`LoraOutput`] (one kept tensor instead of three); elsewhere from the
-/// composed products.
+/// (`(n, k)`) and adapter matrices `A` `(r, k)`, `B` `(n, r)`, through
+/// [`LoraOutput`] (one kept tensor instead of three): gradients reach `x`,
+/// `A` and `B`. `None` (nothing computed) unless `x`, `W` and `B` are
+/// `f32` CPU tensors and `W` is frozen; the caller then composes the
+/// products.
 pub(crate) fn lora_linear(
     x: &Tensor,
     w: &Tensor,
     a: &Tensor,
     b: &Tensor,
     scale: f64,
-) -> candle_core::Result<Tensor> {
-    let h = linear(x, a, None)?;
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
-    if !(f32_cpu(x) && f32_cpu(w) && f32_cpu(b)) || w.track_op() {
-        let y = linear(x, w, None)?;
-        let lora = linear(&h, &(b * scale)?, None)?;
-        return y + lora;
+) -> candle_core::Result<Option<Tensor>> {
+    if !(super::fused(x) && super::fused(w) && super::fused(b)) || w.track_op() {
+        return Ok(None);
     }
+    let h = linear(x, a, None)?;
     let dims = x.dims().to_vec();
     let rank = h.dim(candle_core::D::Minus1)?;
     let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
@@ -209,7 +207,7 @@ pub(crate) fn lora_linear(
     if let Some(last) = out_dims.last_mut() {
         *last = w.dim(0)?;
     }
-    y.reshape(out_dims)
+    Ok(Some(y.reshape(out_dims)?))
 }
 
 #[cfg(test)]
@@ -230,7 +228,7 @@ mod tests {
         let scale = 2.5;
         let run = |fused: bool| {
             let y = if fused {
-                lora_linear(&x, &w, &a, &b, scale).unwrap()
+                lora_linear(&x, &w, &a, &b, scale).unwrap().unwrap()
             } else {
                 let h = x.broadcast_matmul(&a.t().unwrap()).unwrap();
                 let base = x.broadcast_matmul(&w.t().unwrap()).unwrap();

@@ -616,10 +616,7 @@ impl Trainer {
                 *acc += v;
             }
             tokens += micro.tokens;
-            grads = Some(match grads {
-                None => g,
-                Some(acc) => accumulate(acc, &g, &self.vars)?,
-            });
+            grads = Some(accumulate(grads, g, &self.vars)?);
         }
         let mut grads = grads.ok_or_else(|| TrainError::Config {
             field: "grad_accum",
@@ -787,10 +784,7 @@ impl Trainer {
         })?;
         let mut grads: Option<GradStore> = None;
         for g in part_grads {
-            grads = Some(match grads {
-                None => g,
-                Some(acc) => accumulate(acc, &g, &self.vars)?,
-            });
+            grads = Some(accumulate(grads, g, &self.vars)?);
         }
         Ok(MicroBatch {
             grads,
@@ -853,8 +847,13 @@ struct MicroBatch {
     tokens: usize,
 }
 
-/// Adds the gradients `g` of `vars` into `acc` (gradient accumulation).
-fn accumulate(mut acc: GradStore, g: &GradStore, vars: &[Var]) -> Result<GradStore> {
+/// Adds the gradients `g` of `vars` into `acc` (gradient accumulation,
+/// and the parts of a row-parallel micro-batch); the first `g` is taken as
+/// it is.
+fn accumulate(acc: Option<GradStore>, g: GradStore, vars: &[Var]) -> Result<GradStore> {
+    let Some(mut acc) = acc else {
+        return Ok(g);
+    };
     for var in vars {
         if let Some(new) = g.get(var.as_tensor()) {
             let sum = match acc.get(var.as_tensor()) {

@@ -322,8 +322,8 @@ impl Mlp {
     fn forward(&self, xs: &Tensor, lora: AdapterMode) -> candle_core::Result<Tensor> {
         let gate = self.gate_proj.forward(xs, lora)?;
         let up = self.up_proj.forward(xs, lora)?;
-        let h = if self.act == Activation::Silu && (gate.track_op() || up.track_op()) {
-            // Training: one op keeping only the product (see ops::gated).
+        let h = if self.act == Activation::Silu {
+            // One pass; in training it keeps only the product (ops::gated).
             super::ops::gated::silu_gate(&gate, &up)?
         } else {
             (self.act.apply(&gate)? * up)?

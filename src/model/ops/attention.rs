@@ -65,12 +65,9 @@ impl CustomOp3 for AttentionWeights {
                         row.fill(0.0); // every entry masked: zeros
                         continue;
                     }
-                    let mut sum = 0f32;
-                    for v in row.iter_mut() {
-                        *v = (*v - max).exp();
-                        sum += *v;
-                    }
-                    let inv = 1.0 / sum;
+                    row.iter_mut().for_each(|v| *v -= max);
+                    super::exp::exp_in_place(row);
+                    let inv = 1.0 / row.iter().sum::<f32>();
                     row.iter_mut().for_each(|v| *v *= inv);
                 }
             }

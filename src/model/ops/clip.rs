@@ -84,7 +84,9 @@ impl CustomOp1 for QuickGelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
-        let out = x.iter().map(|&v| v / (1.0 + (-1.702 * v).exp())).collect();
+        let mut out = vec![0f32; x.len()];
+        super::exp::sigmoid_scaled(x, 1.702, &mut out);
+        out.iter_mut().zip(x).for_each(|(o, &v)| *o *= v);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }

@@ -9,8 +9,11 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 use super::{contiguous_f32, fused};
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+/// σ(x) for every element of `xs`.
+fn sigmoids(xs: &[f32]) -> Vec<f32> {
+    let mut s = vec![0f32; xs.len()];
+    super::exp::sigmoid_scaled(xs, 1.0, &mut s);
+    s
 }
 
 fn same_dims(op: &str, a: &Layout, b: &Layout) -> candle_core::Result<()> {
@@ -39,11 +42,10 @@ impl CustomOp2 for SiluGate {
         same_dims(self.name(), l1, l2)?;
         let gate = contiguous_f32(s1, l1, self.name())?;
         let up = contiguous_f32(s2, l2, self.name())?;
-        let out = gate
-            .iter()
-            .zip(up)
-            .map(|(&g, &u)| g * sigmoid(g) * u)
-            .collect();
+        let mut out = sigmoids(gate);
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o *= g * u;
+        }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -54,14 +56,13 @@ impl CustomOp2 for SiluGate {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let dgate = grad.apply_op3(gate, up, SiluGateGrad)?;
-        let dup = (&grad * gate.silu()?)?;
-        Ok((Some(dgate), Some(dup)))
+        let both = grad.contiguous()?.apply_op3(gate, up, SiluGateGrad)?;
+        Ok((Some(both.get(0)?), Some(both.get(1)?)))
     }
 }
 
-/// `g ⊙ up ⊙ silu'(gate)` from `(g, gate, up)` in one pass.
+/// Both gradients from `(g, gate, up)` in one pass, stacked on a new
+/// leading axis: `[g ⊙ up ⊙ silu'(gate), g ⊙ silu(gate)]`.
 struct SiluGateGrad;
 
 impl CustomOp3 for SiluGateGrad {
@@ -83,16 +84,18 @@ impl CustomOp3 for SiluGateGrad {
         let g = contiguous_f32(s1, l1, self.name())?;
         let gate = contiguous_f32(s2, l2, self.name())?;
         let up = contiguous_f32(s3, l3, self.name())?;
-        let out = g
-            .iter()
-            .zip(gate)
-            .zip(up)
-            .map(|((&g, &x), &u)| {
-                let s = sigmoid(x);
-                g * u * s * (1.0 + x * (1.0 - s))
-            })
-            .collect();
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let n = g.len();
+        let mut out = sigmoids(gate);
+        out.resize(2 * n, 0.0);
+        let (dgate, dup) = out.split_at_mut(n);
+        for ((((dg, du), &g), &x), &u) in dgate.iter_mut().zip(dup).zip(g).zip(gate).zip(up) {
+            let s = *dg;
+            *dg = g * u * s * (1.0 + x * (1.0 - s));
+            *du = g * x * s;
+        }
+        let mut dims = vec![2];
+        dims.extend_from_slice(l1.dims());
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }
 

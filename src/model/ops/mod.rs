@@ -22,6 +22,7 @@
 
 pub mod attention;
 pub mod clip;
+pub mod exp;
 pub mod gated;
 pub mod linear;
 
@@ -60,12 +61,11 @@ impl CustomOp1 for SoftmaxLastDim {
                 if max == f32::NEG_INFINITY {
                     return; // every entry masked: zeros
                 }
-                let mut sum = 0f32;
                 for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = (v - max).exp();
-                    sum += *d;
+                    *d = v - max;
                 }
-                let inv = 1.0 / sum;
+                exp::exp_in_place(dst);
+                let inv = 1.0 / dst.iter().sum::<f32>();
                 dst.iter_mut().for_each(|d| *d *= inv);
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))

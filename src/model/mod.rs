@@ -18,6 +18,7 @@
 //! - [`lora`]: LoRA layers and PEFT-compatible adapter files.
 //! - [`tokenizer`]: `tokenizer.json` plus the LLaVA-1.5 chat prompt.
 //! - [`processor`]: CLIP image preprocessing (resize, crop, normalise).
+//! - [`resize`]: the processors' bicubic resize, with precomputed taps.
 //! - [`hub`]: finding a model folder locally or on the Hugging Face hub.
 //! - [`config`]: serde mirrors of the `config.json` files.
 //!
@@ -46,6 +47,7 @@ pub mod lora;
 pub mod ops;
 pub mod owlv2;
 pub mod processor;
+pub mod resize;
 pub mod tokenizer;
 
 pub use clip_model::ClipModel;

@@ -15,7 +15,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use image::{imageops::FilterType, DynamicImage, RgbImage};
+use image::{DynamicImage, RgbImage};
 use serde::Deserialize;
 
 use super::config::ClipVisionConfig;
@@ -160,7 +160,7 @@ impl ImageProcessor {
                 None => (self.crop_size.1, self.crop_size.0),
             };
             if (nw, nh) != (w, h) {
-                rgb = image::imageops::resize(&rgb, nw.max(1), nh.max(1), FilterType::CatmullRom);
+                rgb = super::resize::resize_catmull_rom(&rgb, nw.max(1), nh.max(1));
             }
         }
         if self.do_center_crop {

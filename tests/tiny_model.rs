@@ -97,6 +97,7 @@ fn a_tiny_base_can_take_the_detectors_tower_and_whole_scene_rec_rows() {
             scenes: 4,
             seed: 5,
             whole_scenes: true,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -126,4 +127,72 @@ fn a_tiny_base_can_take_the_detectors_tower_and_whole_scene_rec_rows() {
     // A folder without a vision tower is refused by name.
     let err = init_model(&out, &data.join("corpus.txt"), 0, Some(tmp.path())).unwrap_err();
     assert!(format!("{err:#}").contains("config.json"), "{err:#}");
+}
+
+#[test]
+fn one_object_scenes_and_a_random_tower_that_says_where_each_patch_is() {
+    use tiny::{init_model, write_sft_data, SftDataConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let scenes = 6;
+    let s = write_sft_data(
+        &data,
+        &SftDataConfig {
+            scenes,
+            seed: 5,
+            whole_scenes: true,
+            objects: [1, 1],
+            rec_scenes: 4,
+        },
+    )
+    .unwrap();
+    // One object large enough to be asked for per scene (the others are
+    // below SPR's area limit or crowds).
+    assert!(s.scene_rec >= 1 && s.scene_rec <= scenes, "{s:?}");
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(data.join("scenes/rec/finetune_demo_val.json")).unwrap(),
+    )
+    .unwrap();
+    let asked = rec["images"].as_array().unwrap().len();
+    assert!(
+        (1..=4).contains(&asked),
+        "{asked} expressions in 4 one-object scenes"
+    );
+
+    let out = tmp.path().join("init");
+    init_model(&out, &data.join("corpus.txt"), 0, None).unwrap();
+    let w =
+        candle_core::safetensors::load(out.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let pos = w["vision_tower.vision_model.embeddings.position_embedding.weight"]
+        .to_vec2::<f32>()
+        .unwrap();
+    let patch = &w["vision_tower.vision_model.embeddings.patch_embedding.weight"];
+    assert_eq!(pos.len(), 65, "class token + 8×8 patches");
+    assert!(
+        pos[0].iter().all(|&v| v == 0.0),
+        "the class token has no position"
+    );
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let dist =
+        |a: &[f32], b: &[f32]| norm(&a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>());
+    // Every patch's position is its own, and neighbours differ by a sizeable
+    // fraction of a patch embedding's norm (a grey patch through the random
+    // projection: ~0.02·√588·1.45 per feature).
+    let per_feature = 0.02 * 588f32.sqrt() * 1.45;
+    let patch_norm = per_feature * 128f32.sqrt();
+    for a in 1..65 {
+        assert!(
+            (norm(&pos[a]) - 8.0).abs() < 0.01,
+            "row {a}: {}",
+            norm(&pos[a])
+        );
+        for b in a + 1..65 {
+            assert!(
+                dist(&pos[a], &pos[b]) > 0.1 * patch_norm,
+                "rows {a} and {b}"
+            );
+        }
+    }
+    assert_eq!(patch.dims(), &[128, 3, 14, 14]);
 }

@@ -30,6 +30,14 @@ pub enum TinyCommand {
         /// only on region crops.
         #[arg(long)]
         whole_scenes: bool,
+        /// Fewest and most objects per scene, `MIN-MAX` (the demo's:
+        /// 8-16).
+        #[arg(long, default_value = "8-16", value_parser = parse_count_range)]
+        objects: [usize; 2],
+        /// Also a REC evaluation set of this many scenes drawn the same
+        /// way (its own seed) → OUT/scenes/rec/.
+        #[arg(long, default_value_t = 0)]
+        rec_scenes: usize,
     },
     /// Tokenizer trained on a corpus + tiny config + random weights → a
     /// llava-hf model folder.
@@ -179,6 +187,23 @@ fn print_owl_eval(r: &crate::demo::tiny_owl::OwlEvalReport) {
 }
 
 /// `spr tiny ...`.
+/// `MIN-MAX` (or one number) → `[MIN, MAX]`, MIN ≤ MAX, MAX ≥ 1.
+fn parse_count_range(s: &str) -> std::result::Result<[usize; 2], String> {
+    let num = |t: &str| {
+        t.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("`{s}` is not MIN-MAX (two whole numbers, e.g. 1-3)"))
+    };
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => (num(s)?, num(s)?),
+    };
+    if lo > hi || hi == 0 {
+        return Err(format!("`{s}`: need 0 ≤ MIN ≤ MAX and MAX ≥ 1"));
+    }
+    Ok([lo, hi])
+}
+
 pub fn run(cmd: TinyCommand) -> Result<()> {
     use crate::demo::tiny;
     match cmd {
@@ -187,11 +212,15 @@ pub fn run(cmd: TinyCommand) -> Result<()> {
             scenes,
             seed,
             whole_scenes,
+            objects,
+            rec_scenes,
         } => {
             let cfg = tiny::SftDataConfig {
                 scenes,
                 seed,
                 whole_scenes,
+                objects,
+                rec_scenes,
             };
             let s = tiny::write_sft_data(&out, &cfg)?;
             println!(

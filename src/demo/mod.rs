@@ -58,6 +58,10 @@ pub struct DemoConfig {
     pub seed: u64,
     /// Region queries per object-rich image.
     pub regions_per_image: usize,
+    /// Fewest and most objects drawn per scene (before the one or two
+    /// objects below SPR's area limit); fewer are placed when a scene has
+    /// no room left.
+    pub objects: [usize; 2],
     /// Scenes of the REC evaluation set (`rec/`, its own seed; 0: none).
     pub rec_scenes: usize,
     /// A CLIP model folder copied into the project (`models/clip`) and
@@ -102,6 +106,7 @@ impl Default for DemoConfig {
             height: 288,
             seed: 2025,
             regions_per_image: 2,
+            objects: [8, 16],
             rec_scenes: 20,
             clip: bundled_clip(),
             detector: bundled_detector(),
@@ -238,7 +243,8 @@ pub(crate) fn scene(cfg: &DemoConfig, index: usize) -> (RgbImage, Vec<Shape>) {
     let mut rng = SplitMix64::for_stream(cfg.seed, index as u64);
     let (w, h) = (cfg.width as f32, cfg.height as f32);
     let mut img = background(cfg, &mut rng);
-    let n = 8 + rng.below(9); // 8..=16 objects
+    let [lo, hi] = cfg.objects;
+    let n = lo + rng.below(hi.saturating_sub(lo) + 1);
     let mut shapes: Vec<Shape> = Vec::new();
     for _ in 0..n {
         if let Some(bbox) = place(&mut rng, &shapes, w, h, 24.0, 62.0) {

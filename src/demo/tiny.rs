@@ -96,6 +96,13 @@ pub struct SftDataConfig {
     /// unique in its scene, as the demo's REC set asks), not only on
     /// region crops.
     pub whole_scenes: bool,
+    /// Fewest and most objects per scene (the demo's are 8 and 16; fewer
+    /// make the easy first stage of a curriculum).
+    pub objects: [usize; 2],
+    /// Scenes of a REC evaluation set drawn like these (same object
+    /// counts, the REC seed of [`super::rec::rec_seed`]) into
+    /// `scenes/rec/` (0: none).
+    pub rec_scenes: usize,
 }
 
 impl Default for SftDataConfig {
@@ -104,6 +111,8 @@ impl Default for SftDataConfig {
             scenes: 300,
             seed: 7,
             whole_scenes: false,
+            objects: [8, 16],
+            rec_scenes: 0,
         }
     }
 }
@@ -156,7 +165,8 @@ pub fn write_sft_data(out: &Path, cfg: &SftDataConfig) -> Result<SftDataSummary>
     let demo = super::DemoConfig {
         images: cfg.scenes,
         seed: cfg.seed,
-        rec_scenes: 0,
+        objects: cfg.objects,
+        rec_scenes: cfg.rec_scenes,
         clip: None,
         detector: None,
         ..Default::default()
@@ -323,6 +333,12 @@ pub fn init_model(
     };
     let cfg = tiny_config_with(tokenizer.get_vocab_size(true), image, pad, vision)?;
     let mut weights = random_weights(&cfg, seed, &Device::Cpu)?;
+    if tower.is_none() {
+        let slot = weights
+            .get_mut(POSITIONS)
+            .context("the tiny tower has no position embedding")?;
+        *slot = grid_positions(slot.dim(0)?, slot.dim(1)?)?;
+    }
     if let Some(t) = tower {
         for (name, tensor) in t.weights {
             let slot = weights.get_mut(&name).with_context(|| {
@@ -369,6 +385,45 @@ pub fn init_model(
     }
     write_transformers_files(out)?;
     Ok(weights.values().map(|t| t.elem_count()).sum())
+}
+
+/// The random tower's position embedding (class token first, then the
+/// patches row by row).
+const POSITIONS: &str = "vision_tower.vision_model.embeddings.position_embedding.weight";
+
+/// A 2-D sine–cosine grid for `rows` position embeddings of width `dim`
+/// (the class token's row zero, then a square grid of patches): the first
+/// half of the features encodes the column, the second the row, each as
+/// sin/cos pairs at frequencies 100^(−k/(dim/4)) radians per patch.
+///
+/// Drawn at random like the other weights (std 0.02), the positions are
+/// about 3 % of a patch's embedding (the patch projection of 588 pixel
+/// values is ~30× larger), so a random tower hands the language model image
+/// tokens that hardly say where they are, and the tiny model never learned
+/// to point (README, "The experiment"). Unit-amplitude sinusoids have about
+/// the patch embedding's norm.
+fn grid_positions(rows: usize, dim: usize) -> Result<Tensor> {
+    let side = (rows.saturating_sub(1) as f64).sqrt().round() as usize;
+    anyhow::ensure!(
+        side * side + 1 == rows && dim % 4 == 0,
+        "position embedding {rows}×{dim}: want 1 + a square grid and a width divisible by 4"
+    );
+    let freqs = dim / 4;
+    let mut data = vec![0f32; rows * dim];
+    for r in 0..side {
+        for c in 0..side {
+            let row = &mut data[(1 + r * side + c) * dim..][..dim];
+            for k in 0..freqs {
+                let omega = 100f64.powf(-(k as f64) / freqs as f64);
+                let (x, y) = (c as f64 * omega, r as f64 * omega);
+                row[k] = x.sin() as f32;
+                row[freqs + k] = x.cos() as f32;
+                row[2 * freqs + k] = y.sin() as f32;
+                row[3 * freqs + k] = y.cos() as f32;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(data, (rows, dim), &Device::Cpu)?)
 }
 
 /// A trained vision tower taken from another model folder.

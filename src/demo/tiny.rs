@@ -405,7 +405,7 @@ const POSITIONS: &str = "vision_tower.vision_model.embeddings.position_embedding
 fn grid_positions(rows: usize, dim: usize) -> Result<Tensor> {
     let side = (rows.saturating_sub(1) as f64).sqrt().round() as usize;
     anyhow::ensure!(
-        side * side + 1 == rows && dim % 4 == 0,
+        side * side + 1 == rows && dim.is_multiple_of(4),
         "position embedding {rows}×{dim}: want 1 + a square grid and a width divisible by 4"
     );
     let freqs = dim / 4;

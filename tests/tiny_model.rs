@@ -196,3 +196,55 @@ fn one_object_scenes_and_a_random_tower_that_says_where_each_patch_is() {
     }
     assert_eq!(patch.dims(), &[128, 3, 14, 14]);
 }
+
+#[test]
+fn the_gated_projector_reads_objectness_and_edges_off_the_tower() {
+    use spr_workbench::demo::tiny_gate::gate_projector;
+    use tiny::{init_model, write_sft_data, SftDataConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_sft_data(
+        &data,
+        &SftDataConfig {
+            scenes: 24,
+            seed: 5,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let out = tmp.path().join("init");
+    init_model(&out, &data.join("corpus.txt"), 0, None).unwrap();
+    let load = |p: &Path| {
+        candle_core::safetensors::load(p.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    let before = load(&out);
+    let g = gate_projector(&out, &data.join("scenes"), 24).unwrap();
+    assert_eq!((g.images, g.tokens, g.units), (24, 24 * 64, 64), "{g:?}");
+    assert!(g.object_tokens > 129, "{g:?}");
+    // Objects and background apart, edges read to a few percent of the
+    // image (an object is 6-16 % of its width).
+    assert!(g.objectness.0 > 0.5 && g.objectness.1 < 0.1, "{g:?}");
+    assert!(g.edge_error.iter().all(|&e| e < 0.05), "{g:?}");
+    let after = load(&out);
+    let rows = |w: &std::collections::HashMap<String, candle_core::Tensor>| {
+        w["multi_modal_projector.linear_1.weight"]
+            .to_vec2::<f32>()
+            .unwrap()
+    };
+    let (b, a) = (rows(&before), rows(&after));
+    assert!((0..64).all(|u| a[u] != b[u]), "the gate units are set");
+    assert_eq!(a[64..], b[64..], "the other units are kept");
+    for (name, t) in &before {
+        if !name.starts_with("multi_modal_projector.linear_1") {
+            assert_eq!(
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                after[name].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "{name} kept"
+            );
+        }
+    }
+    // A model is still a model: it loads.
+    spr_workbench::model::Llava::load(&out, &candle_core::Device::Cpu, candle_core::DType::F32)
+        .unwrap();
+}

@@ -56,6 +56,15 @@ pub enum TinyCommand {
         /// random 112-px one.
         #[arg(long)]
         vision_from: Option<PathBuf>,
+        /// Start the projector as an objectness-gated position read-out
+        /// fitted on this scene project's boxes (`DATA/scenes` from `spr
+        /// tiny data`): what lets a tiny model trained from scratch learn
+        /// to point (see `demo::tiny_gate`).
+        #[arg(long)]
+        gate_from: Option<PathBuf>,
+        /// Scenes the gate is fitted on at most.
+        #[arg(long, default_value_t = 400)]
+        gate_scenes: usize,
     },
     /// Write the files transformers' AutoProcessor needs (tokenizer and
     /// processor configs, chat template) into a tiny model folder.
@@ -236,6 +245,8 @@ pub fn run(cmd: TinyCommand) -> Result<()> {
             out,
             seed,
             vision_from,
+            gate_from,
+            gate_scenes,
         } => {
             let n = tiny::init_model(&out, &corpus, seed, vision_from.as_deref())?;
             let tower = match &vision_from {
@@ -247,6 +258,22 @@ pub fn run(cmd: TinyCommand) -> Result<()> {
                 n as f64 / 1e6,
                 out.display()
             );
+            if let Some(scenes) = gate_from {
+                let g = crate::demo::tiny_gate::gate_projector(&out, &scenes, gate_scenes)?;
+                println!(
+                    "projector gate: {} units from {} scenes ({} patches, {} on objects): \
+                     objectness {:.2} on objects vs {:.2} on background (threshold {:.2}), \
+                     edge read-out error (left, top, right, bottom) {:.3?}",
+                    g.units,
+                    g.images,
+                    g.tokens,
+                    g.object_tokens,
+                    g.objectness.0,
+                    g.objectness.1,
+                    g.threshold,
+                    g.edge_error
+                );
+            }
         }
         TinyCommand::Clip {
             out,

@@ -26,6 +26,7 @@
 pub mod rec;
 pub mod tiny;
 pub mod tiny_clip;
+pub mod tiny_gate;
 pub mod tiny_owl;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,341 @@
+//! The tiny LLaVA's projector started as an objectness-gated position
+//! read-out (`spr tiny init --gate-from SCENES`), so that a tiny model
+//! trained from scratch learns to point.
+//!
+//! Why. A language model that has never seen an image reads positions
+//! only by attending to the right image token, and it only gains from
+//! attending there once something turns that token's position into the
+//! answer's digits: neither comes first, so the gradient towards either is
+//! second-order and training sits on a plateau (every answer the same
+//! prior box; six tries in README "The experiment", with PyTorch on the
+//! same model and rows showing the same plateau, so it is not our
+//! trainer). Additive position embeddings do not help: under uniform
+//! attention every token contributes its position whether or not an
+//! object is there, so the average says nothing about where the object is.
+//!
+//! What. A few projector units become `gelu(A·(objectness − t) +
+//! B·(edge − k/16))`: off on background patches, on an object's patches a
+//! ramp of that object's left (top, right, bottom) edge past k/16 as the
+//! patch's features tell it. Then even the average over the image tokens
+//! carries the object's box linearly, the
+//! language model learns to read it out in a few hundred steps on
+//! one-object scenes, and once a read-out exists, attending to the named
+//! object pays off directly (first-order) on scenes with several objects.
+//! Objectness (on every patch) and the covering object's edges (on object
+//! patches) are least-squares read-outs of the frozen tower's features,
+//! fitted on scenes whose boxes are known; every weight stays trainable
+//! afterwards.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use image::DynamicImage;
+
+use crate::core::geometry::Bbox;
+use crate::core::imageio;
+use crate::core::project::Project;
+use crate::model::llava::save_model;
+use crate::model::processor::ImageProcessor;
+use crate::model::Llava;
+
+/// Ramps per box edge: 4 × 16 projector units are set.
+const RAMPS: usize = 16;
+/// Gate steepness: the objectness margin maps to this many units of the
+/// GELU's input, so background stays off whatever the position term says.
+const GATE: f64 = 8.0;
+/// Slope of the position ramps (per unit of the 0–1 patch coordinate).
+const SLOPE: f64 = 4.0;
+/// A patch counts as an object's when this fraction of it is covered.
+const OBJECT_COVER: f32 = 0.25;
+
+/// What [`gate_projector`] fitted and set.
+#[derive(Clone, Debug)]
+pub struct GateReport {
+    /// Scenes read.
+    pub images: usize,
+    /// Image tokens (patches) fitted on.
+    pub tokens: usize,
+    /// Of them, patches covered by an object.
+    pub object_tokens: usize,
+    /// Mean objectness read-out on object and on background patches.
+    pub objectness: (f64, f64),
+    /// The gate's threshold (between background's 99th and objects' 10th
+    /// percentile).
+    pub threshold: f64,
+    /// Mean absolute error of the edge read-outs (left, top, right,
+    /// bottom; 0–1 image units) on object patches.
+    pub edge_error: [f64; 4],
+    /// Projector units set.
+    pub units: usize,
+}
+
+/// Fits the read-outs on up to `max_images` scenes of the project
+/// `scenes` through the tower of the model in `model_dir` and rewrites
+/// the first projector units of `model_dir` (see the module docs).
+pub fn gate_projector(model_dir: &Path, scenes: &Path, max_images: usize) -> Result<GateReport> {
+    let device = Device::Cpu;
+    let model = Llava::load(model_dir, &device, DType::F32)?;
+    let cfg = model.config().clone();
+    let processor = ImageProcessor::from_dir(model_dir, &cfg.vision_config)?;
+    let side = cfg.vision_config.image_size / cfg.vision_config.patch_size;
+    anyhow::ensure!(
+        side * side == model.image_tokens_per_image(),
+        "{}: the gate needs one feature per patch (the default feature strategy)",
+        model_dir.display()
+    );
+    let project = Project::open(scenes)?;
+    let ds = project.load_dataset()?;
+    let mut rows: Vec<Vec<f64>> = Vec::new();
+    // Per patch: whether an object covers it, and that object's edges.
+    let mut covered: Vec<Option<[f64; 4]>> = Vec::new();
+    let mut images = 0;
+    for (i, info) in ds.images.iter().enumerate().take(max_images) {
+        let path = project.image_root().join(&info.file_name);
+        let img = imageio::load_rgb(&path).with_context(|| format!("scene {}", path.display()))?;
+        let pixels = processor.preprocess(&DynamicImage::ImageRgb8(img), &device)?;
+        let feats = model.vision_features(&pixels.unsqueeze(0)?)?;
+        let feats: Vec<Vec<f32>> = feats.squeeze(0)?.to_vec2()?;
+        let boxes: Vec<Bbox> = ds
+            .objects_of(i)
+            .filter(|&o| !ds.objects.crowd[o])
+            .map(|o| ds.objects.bbox[o])
+            .collect();
+        let (w, h) = (info.width as f32, info.height as f32);
+        let s = side as f32;
+        for (t, f) in feats.iter().enumerate() {
+            let (r, c) = ((t / side) as f32, (t % side) as f32);
+            let patch = Bbox::new(c / s * w, r / s * h, (c + 1.0) / s * w, (r + 1.0) / s * h);
+            let best = boxes
+                .iter()
+                .map(|b| (b.intersection(patch).area() / patch.area(), b))
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            covered.push(
+                best.filter(|(cover, _)| *cover > OBJECT_COVER)
+                    .map(|(_, b)| [b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h].map(f64::from)),
+            );
+            let mut x: Vec<f64> = f.iter().map(|&v| f64::from(v)).collect();
+            x.push(1.0);
+            rows.push(x);
+        }
+        images += 1;
+    }
+    anyhow::ensure!(
+        images > 0,
+        "{}: no scenes to fit the gate on",
+        scenes.display()
+    );
+    let is_object: Vec<bool> = covered.iter().map(Option::is_some).collect();
+    let object_rows: Vec<Vec<f64>> = rows
+        .iter()
+        .zip(&is_object)
+        .filter(|(_, &o)| o)
+        .map(|(r, _)| r.clone())
+        .collect();
+    let object_tokens = object_rows.len();
+    anyhow::ensure!(
+        object_tokens > rows[0].len() && object_tokens < rows.len(),
+        "{}: the scenes need more object patches (have {object_tokens}) and some background",
+        scenes.display()
+    );
+    let objectness: Vec<f64> = is_object.iter().map(|&o| f64::from(u8::from(o))).collect();
+    let wo = least_squares(&rows, &[objectness])?.remove(0);
+    let edges: Vec<Vec<f64>> = (0..4)
+        .map(|k| covered.iter().flatten().map(|e| e[k]).collect())
+        .collect();
+    let we = least_squares(&object_rows, &edges)?;
+    let po: Vec<f64> = rows.iter().map(|x| dot(x, &wo)).collect();
+    let mean_of = |want: bool| {
+        let v: Vec<f64> = po
+            .iter()
+            .zip(&is_object)
+            .filter(|(_, &o)| o == want)
+            .map(|(p, _)| *p)
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let (obj_mean, bg_mean) = (mean_of(true), mean_of(false));
+    let threshold =
+        (quantile(&po, &is_object, false, 0.99) + quantile(&po, &is_object, true, 0.10)) / 2.0;
+    anyhow::ensure!(
+        obj_mean > threshold,
+        "{}: objectness does not separate objects from background through this tower",
+        model_dir.display()
+    );
+    let edge_error: [f64; 4] = std::array::from_fn(|k| {
+        object_rows
+            .iter()
+            .zip(&edges[k])
+            .map(|(x, t)| (dot(x, &we[k]) - t).abs())
+            .sum::<f64>()
+            / object_tokens as f64
+    });
+
+    // Rewrite the first projector units.
+    let weights_path = model_dir.join("model.safetensors");
+    let mut weights = candle_core::safetensors::load(&weights_path, &device)
+        .with_context(|| format!("reading {}", weights_path.display()))?;
+    let (w_name, b_name) = (
+        "multi_modal_projector.linear_1.weight",
+        "multi_modal_projector.linear_1.bias",
+    );
+    let mut w1: Vec<Vec<f32>> = weights
+        .get(w_name)
+        .with_context(|| format!("{}: no `{w_name}`", weights_path.display()))?
+        .to_vec2()?;
+    let mut b1: Vec<f32> = weights
+        .get(b_name)
+        .with_context(|| format!("{}: no `{b_name}`", weights_path.display()))?
+        .to_vec1()?;
+    let dim = wo.len() - 1;
+    anyhow::ensure!(
+        w1.len() >= 4 * RAMPS && w1[0].len() == dim,
+        "projector {}×{} does not fit {} gate units on {dim} features",
+        w1.len(),
+        w1.first().map_or(0, Vec::len),
+        4 * RAMPS
+    );
+    let gain = GATE / (obj_mean - threshold);
+    let mut unit = 0;
+    for wp in &we {
+        for k in 0..RAMPS {
+            let at = k as f64 / RAMPS as f64;
+            for (j, slot) in w1[unit].iter_mut().enumerate() {
+                *slot = (gain * wo[j] + SLOPE * wp[j]) as f32;
+            }
+            b1[unit] = (gain * (wo[dim] - threshold) + SLOPE * (wp[dim] - at)) as f32;
+            unit += 1;
+        }
+    }
+    let rows_n = w1.len();
+    let flat: Vec<f32> = w1.into_iter().flatten().collect();
+    weights.insert(
+        w_name.into(),
+        Tensor::from_vec(flat, (rows_n, dim), &device)?,
+    );
+    weights.insert(b_name.into(), Tensor::from_vec(b1, rows_n, &device)?);
+    drop(model);
+    save_model(model_dir, &cfg, &weights)?;
+    Ok(GateReport {
+        images,
+        tokens: rows.len(),
+        object_tokens,
+        objectness: (obj_mean, bg_mean),
+        threshold,
+        edge_error,
+        units: unit,
+    })
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The `q` quantile of `values` where `mask == want`.
+fn quantile(values: &[f64], mask: &[bool], want: bool, q: f64) -> f64 {
+    let mut v: Vec<f64> = values
+        .iter()
+        .zip(mask)
+        .filter(|(_, &m)| m == want)
+        .map(|(x, _)| *x)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() - 1) as f64 * q).round() as usize;
+    v[i]
+}
+
+/// Ridge least squares for several targets at once: `w = (XᵀX + λI)⁻¹
+/// Xᵀt` with a tiny λ (1e-6 of the mean diagonal) that only guards against
+/// constant features, by Cholesky.
+fn least_squares(x: &[Vec<f64>], targets: &[Vec<f64>]) -> Result<Vec<Vec<f64>>> {
+    let n = x[0].len();
+    let mut a = vec![0f64; n * n];
+    let mut b = vec![vec![0f64; n]; targets.len()];
+    for (row, xi) in x.iter().enumerate() {
+        for i in 0..n {
+            let xi_i = xi[i];
+            for j in 0..=i {
+                a[i * n + j] += xi_i * xi[j];
+            }
+            for (bt, t) in b.iter_mut().zip(targets) {
+                bt[i] += xi_i * t[row];
+            }
+        }
+    }
+    let ridge = 1e-6 * (0..n).map(|i| a[i * n + i]).sum::<f64>() / n as f64;
+    for i in 0..n {
+        a[i * n + i] += ridge;
+    }
+    // Cholesky: a = L Lᵀ (L in the lower triangle).
+    for j in 0..n {
+        let mut d = a[j * n + j];
+        for k in 0..j {
+            d -= a[j * n + k] * a[j * n + k];
+        }
+        anyhow::ensure!(
+            d > 0.0,
+            "the tower's features are degenerate (not positive definite)"
+        );
+        let d = d.sqrt();
+        a[j * n + j] = d;
+        for i in j + 1..n {
+            let mut s = a[i * n + j];
+            for k in 0..j {
+                s -= a[i * n + k] * a[j * n + k];
+            }
+            a[i * n + j] = s / d;
+        }
+    }
+    Ok(b.into_iter()
+        .map(|mut y| {
+            for i in 0..n {
+                let s: f64 = (0..i).map(|k| a[i * n + k] * y[k]).sum();
+                y[i] = (y[i] - s) / a[i * n + i];
+            }
+            for i in (0..n).rev() {
+                let s: f64 = (i + 1..n).map(|k| a[k * n + i] * y[k]).sum();
+                y[i] = (y[i] - s) / a[i * n + i];
+            }
+            y
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn least_squares_recovers_an_exact_linear_map() {
+        let x: Vec<Vec<f64>> = (0..50)
+            .map(|i| {
+                let f = i as f64;
+                vec![f.sin(), (0.3 * f).cos(), 0.1 * f, 1.0]
+            })
+            .collect();
+        let truth = [
+            [1.0, -2.0, 0.5, 3.0],
+            [0.0, 1.0, 0.0, -1.0],
+            [2.0, 0.0, 0.0, 0.0],
+        ];
+        let t: Vec<Vec<f64>> = truth
+            .iter()
+            .map(|w| x.iter().map(|r| dot(r, w)).collect())
+            .collect();
+        let got = least_squares(&x, &t).unwrap();
+        for (g, w) in got.iter().zip(&truth) {
+            for (a, b) in g.iter().zip(w) {
+                assert!((a - b).abs() < 1e-4, "{g:?} vs {w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn quantiles_of_the_masked_values() {
+        let v = [5.0, 1.0, 2.0, 9.0, 3.0];
+        let m = [true, false, false, true, false];
+        assert_eq!(quantile(&v, &m, false, 0.0), 1.0);
+        assert_eq!(quantile(&v, &m, false, 1.0), 3.0);
+        assert_eq!(quantile(&v, &m, true, 0.5), 9.0);
+    }
+}

@@ -56,8 +56,8 @@ pub enum TinyCommand {
         /// random 112-px one.
         #[arg(long)]
         vision_from: Option<PathBuf>,
-        /// Start the projector as an objectness-gated position read-out
-        /// fitted on this scene project's boxes (`DATA/scenes` from `spr
+        /// Start the projector as an objectness-gated read-out of object
+        /// edges fitted on this scene project's boxes (`DATA/scenes` from `spr
         /// tiny data`): what lets a tiny model trained from scratch learn
         /// to point (see `demo::tiny_gate`).
         #[arg(long)]
@@ -195,7 +195,6 @@ fn print_owl_eval(r: &crate::demo::tiny_owl::OwlEvalReport) {
     );
 }
 
-/// `spr tiny ...`.
 /// `MIN-MAX` (or one number) → `[MIN, MAX]`, MIN ≤ MAX, MAX ≥ 1.
 fn parse_count_range(s: &str) -> std::result::Result<[usize; 2], String> {
     let num = |t: &str| {
@@ -213,6 +212,7 @@ fn parse_count_range(s: &str) -> std::result::Result<[usize; 2], String> {
     Ok([lo, hi])
 }
 
+/// `spr tiny ...`.
 pub fn run(cmd: TinyCommand) -> Result<()> {
     use crate::demo::tiny;
     match cmd {

@@ -333,25 +333,27 @@ pub fn init_model(
     };
     let cfg = tiny_config_with(tokenizer.get_vocab_size(true), image, pad, vision)?;
     let mut weights = random_weights(&cfg, seed, &Device::Cpu)?;
-    if tower.is_none() {
-        let slot = weights
-            .get_mut(POSITIONS)
-            .context("the tiny tower has no position embedding")?;
-        *slot = grid_positions(slot.dim(0)?, slot.dim(1)?)?;
-    }
-    if let Some(t) = tower {
-        for (name, tensor) in t.weights {
-            let slot = weights.get_mut(&name).with_context(|| {
-                format!("{}: the tower's `{name}` has no place in LLaVA", t.source)
-            })?;
-            anyhow::ensure!(
-                slot.dims() == tensor.dims(),
-                "{}: `{name}` is {:?}, LLaVA's is {:?}",
-                t.source,
-                tensor.dims(),
-                slot.dims()
-            );
-            *slot = tensor;
+    match tower {
+        None => {
+            let slot = weights
+                .get_mut(POSITIONS)
+                .context("the tiny tower has no position embedding")?;
+            *slot = grid_positions(slot.dim(0)?, slot.dim(1)?)?;
+        }
+        Some(t) => {
+            for (name, tensor) in t.weights {
+                let slot = weights.get_mut(&name).with_context(|| {
+                    format!("{}: the tower's `{name}` has no place in LLaVA", t.source)
+                })?;
+                anyhow::ensure!(
+                    slot.dims() == tensor.dims(),
+                    "{}: `{name}` is {:?}, LLaVA's is {:?}",
+                    t.source,
+                    tensor.dims(),
+                    slot.dims()
+                );
+                *slot = tensor;
+            }
         }
     }
     save_model(out, &cfg, &weights)?;

@@ -1,5 +1,5 @@
-//! The tiny LLaVA's projector started as an objectness-gated position
-//! read-out (`spr tiny init --gate-from SCENES`), so that a tiny model
+//! The tiny LLaVA's projector started as an objectness-gated read-out of
+//! object edges (`spr tiny init --gate-from SCENES`), so that a tiny model
 //! trained from scratch learns to point.
 //!
 //! Why. A language model that has never seen an image reads positions
@@ -78,6 +78,12 @@ pub fn gate_projector(model_dir: &Path, scenes: &Path, max_images: usize) -> Res
     let model = Llava::load(model_dir, &device, DType::F32)?;
     let cfg = model.config().clone();
     let processor = ImageProcessor::from_dir(model_dir, &cfg.vision_config)?;
+    anyhow::ensure!(
+        !processor.do_center_crop && processor.shortest_edge.is_none(),
+        "{}: the gate maps each patch to its part of the whole scene, so the processor must \
+         resize to the tower's square without cropping (as `spr tiny init` writes it)",
+        model_dir.display()
+    );
     let side = cfg.vision_config.image_size / cfg.vision_config.patch_size;
     anyhow::ensure!(
         side * side == model.image_tokens_per_image(),
@@ -145,18 +151,13 @@ pub fn gate_projector(model_dir: &Path, scenes: &Path, max_images: usize) -> Res
         .collect();
     let we = least_squares(&object_rows, &edges)?;
     let po: Vec<f64> = rows.iter().map(|x| dot(x, &wo)).collect();
-    let mean_of = |want: bool| {
-        let v: Vec<f64> = po
-            .iter()
-            .zip(&is_object)
-            .filter(|(_, &o)| o == want)
-            .map(|(p, _)| *p)
-            .collect();
-        v.iter().sum::<f64>() / v.len() as f64
-    };
-    let (obj_mean, bg_mean) = (mean_of(true), mean_of(false));
-    let threshold =
-        (quantile(&po, &is_object, false, 0.99) + quantile(&po, &is_object, true, 0.10)) / 2.0;
+    let (mut on_objects, mut on_background) = (
+        masked(&po, &is_object, true),
+        masked(&po, &is_object, false),
+    );
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (obj_mean, bg_mean) = (mean(&on_objects), mean(&on_background));
+    let threshold = (quantile(&mut on_background, 0.99) + quantile(&mut on_objects, 0.10)) / 2.0;
     anyhow::ensure!(
         obj_mean > threshold,
         "{}: objectness does not separate objects from background through this tower",
@@ -231,14 +232,18 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// The `q` quantile of `values` where `mask == want`.
-fn quantile(values: &[f64], mask: &[bool], want: bool, q: f64) -> f64 {
-    let mut v: Vec<f64> = values
+/// The `values` whose `mask` entry is `want`.
+fn masked(values: &[f64], mask: &[bool], want: bool) -> Vec<f64> {
+    values
         .iter()
         .zip(mask)
         .filter(|(_, &m)| m == want)
         .map(|(x, _)| *x)
-        .collect();
+        .collect()
+}
+
+/// The `q` quantile (nearest rank) of non-empty `v` (sorted in place).
+fn quantile(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let i = ((v.len() - 1) as f64 * q).round() as usize;
     v[i]
@@ -334,8 +339,10 @@ mod tests {
     fn quantiles_of_the_masked_values() {
         let v = [5.0, 1.0, 2.0, 9.0, 3.0];
         let m = [true, false, false, true, false];
-        assert_eq!(quantile(&v, &m, false, 0.0), 1.0);
-        assert_eq!(quantile(&v, &m, false, 1.0), 3.0);
-        assert_eq!(quantile(&v, &m, true, 0.5), 9.0);
+        let (mut yes, mut no) = (masked(&v, &m, true), masked(&v, &m, false));
+        assert_eq!(yes, [5.0, 9.0]);
+        assert_eq!(quantile(&mut no, 0.0), 1.0);
+        assert_eq!(quantile(&mut no, 1.0), 3.0);
+        assert_eq!(quantile(&mut yes, 0.5), 9.0);
     }
 }

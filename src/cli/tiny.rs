@@ -66,6 +66,35 @@ pub enum TinyCommand {
         #[arg(long, default_value_t = 400)]
         gate_scenes: usize,
     },
+    /// Pretrain a tiny model folder's vision tower in place so each image
+    /// token tells the category and box of the object covering its patch
+    /// (see `train::patches`); run it before the projector gate.
+    Tower {
+        /// The model folder (from `spr tiny init`); its tower is rewritten.
+        #[arg(long)]
+        model: PathBuf,
+        /// Scene project with boxes (`DATA/scenes` from `spr tiny data`).
+        #[arg(long)]
+        scenes: PathBuf,
+        /// Scenes read at most (the last `--eval-scenes` of them held out).
+        #[arg(long, default_value_t = 2000)]
+        max_scenes: usize,
+        /// Held-out scenes for the report.
+        #[arg(long, default_value_t = 100)]
+        eval_scenes: usize,
+        /// Optimizer steps.
+        #[arg(long, default_value_t = 1000)]
+        steps: u64,
+        /// Images per step.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Peak learning rate.
+        #[arg(long, default_value_t = 5e-4)]
+        lr: f64,
+        /// Seed of the head and the data order.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Write the files transformers' AutoProcessor needs (tokenizer and
     /// processor configs, chat template) into a tiny model folder.
     HfFiles {
@@ -274,6 +303,62 @@ pub fn run(cmd: TinyCommand) -> Result<()> {
                     g.edge_error
                 );
             }
+        }
+        TinyCommand::Tower {
+            model,
+            scenes,
+            max_scenes,
+            eval_scenes,
+            steps,
+            batch,
+            lr,
+            seed,
+        } => {
+            let cfg = crate::train::patches::PatchConfig {
+                steps,
+                batch,
+                lr,
+                warmup: (steps / 20).max(1),
+                seed,
+                ..Default::default()
+            };
+            let pb = bar(steps, "tower");
+            let started = std::time::Instant::now();
+            let r = crate::demo::tiny_tower::pretrain_tower(
+                &model,
+                &scenes,
+                max_scenes,
+                eval_scenes,
+                &cfg,
+                |s| {
+                    let line = format!(
+                        "loss {:.3} (class {:.3}, edges {:.3})",
+                        s.loss, s.class, s.edges
+                    );
+                    if pb.is_hidden() && s.step % 100 == 0 {
+                        eprintln!("step {}/{steps}: {line} ({:.2} s/step)", s.step, s.seconds);
+                    }
+                    pb.set_position(s.step);
+                    pb.set_message(line);
+                },
+            )?;
+            pb.finish_and_clear();
+            println!(
+                "tiny tower: {} scenes, {} steps in {:.0} s, last loss {:.3}; held out ({} scenes, \
+                 {} patches, {} on objects): object category {:.1} %, background {:.1} %, \
+                 edge error {:.3} → {}",
+                r.scenes.0,
+                steps,
+                started.elapsed().as_secs_f64(),
+                r.last.map_or(f64::NAN, |s| s.loss),
+                r.scenes.1,
+                r.eval.patches.0,
+                r.eval.patches.1,
+                100.0 * r.eval.object_accuracy,
+                100.0 * r.eval.background_accuracy,
+                r.eval.edge_error,
+                model.display()
+            );
         }
         TinyCommand::Clip {
             out,

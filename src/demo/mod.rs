@@ -28,6 +28,7 @@ pub mod tiny;
 pub mod tiny_clip;
 pub mod tiny_gate;
 pub mod tiny_owl;
+pub mod tiny_tower;
 
 use std::path::{Path, PathBuf};
 

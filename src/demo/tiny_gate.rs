@@ -102,24 +102,14 @@ pub fn gate_projector(model_dir: &Path, scenes: &Path, max_images: usize) -> Res
         let pixels = processor.preprocess(&DynamicImage::ImageRgb8(img), &device)?;
         let feats = model.vision_features(&pixels.unsqueeze(0)?)?;
         let feats: Vec<Vec<f32>> = feats.squeeze(0)?.to_vec2()?;
-        let boxes: Vec<Bbox> = ds
+        let boxes: Vec<(u32, Bbox)> = ds
             .objects_of(i)
             .filter(|&o| !ds.objects.crowd[o])
-            .map(|o| ds.objects.bbox[o])
+            .map(|o| (ds.objects.category[o], ds.objects.bbox[o]))
             .collect();
-        let (w, h) = (info.width as f32, info.height as f32);
-        let s = side as f32;
-        for (t, f) in feats.iter().enumerate() {
-            let (r, c) = ((t / side) as f32, (t % side) as f32);
-            let patch = Bbox::new(c / s * w, r / s * h, (c + 1.0) / s * w, (r + 1.0) / s * h);
-            let best = boxes
-                .iter()
-                .map(|b| (b.intersection(patch).area() / patch.area(), b))
-                .max_by(|a, b| a.0.total_cmp(&b.0));
-            covered.push(
-                best.filter(|(cover, _)| *cover > OBJECT_COVER)
-                    .map(|(_, b)| [b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h].map(f64::from)),
-            );
+        let cover = covering(&boxes, info.width as f32, info.height as f32, side);
+        for (f, c) in feats.iter().zip(cover) {
+            covered.push(c.map(|(_, e)| e.map(f64::from)));
             let mut x: Vec<f64> = f.iter().map(|&v| f64::from(v)).collect();
             x.push(1.0);
             rows.push(x);
@@ -226,6 +216,31 @@ pub fn gate_projector(model_dir: &Path, scenes: &Path, max_images: usize) -> Res
         edge_error,
         units: unit,
     })
+}
+
+/// Per patch of a `side × side` grid over a `w × h` scene (row-major): the
+/// object (category, box as left, top, right, bottom in 0–1 of the scene)
+/// covering the largest part of the patch, when that part exceeds a
+/// quarter; `None` for background.
+pub(crate) fn covering(
+    objects: &[(u32, Bbox)],
+    w: f32,
+    h: f32,
+    side: usize,
+) -> Vec<Option<(u32, [f32; 4])>> {
+    let s = side as f32;
+    (0..side * side)
+        .map(|t| {
+            let (r, c) = ((t / side) as f32, (t % side) as f32);
+            let patch = Bbox::new(c / s * w, r / s * h, (c + 1.0) / s * w, (r + 1.0) / s * h);
+            objects
+                .iter()
+                .map(|(k, b)| (b.intersection(patch).area() / patch.area(), k, b))
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .filter(|(cover, _, _)| *cover > OBJECT_COVER)
+                .map(|(_, &k, b)| (k, [b.x1 / w, b.y1 / h, b.x2 / w, b.y2 / h]))
+        })
+        .collect()
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {

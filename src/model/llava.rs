@@ -300,6 +300,12 @@ impl Llava {
         self.cfg.image_tokens_per_image()
     }
 
+    /// Width of [`Self::vision_features`]: the tower's hidden size times
+    /// the number of selected layers.
+    pub fn vision_feature_dim(&self) -> usize {
+        self.cfg.vision_config.hidden_size * self.feature_layers.len()
+    }
+
     /// Projected image features `(b, N, text_hidden)` for pixel values
     /// `(b, 3, H, W)` (see [`ImageProcessor`]). Deterministic and
     /// independent of the language model and its adapters: cache it per

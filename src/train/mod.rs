@@ -16,6 +16,7 @@ pub mod contrastive;
 pub mod data;
 pub mod detection;
 pub mod objectives;
+pub mod patches;
 pub mod schedule;
 pub mod trainer;
 

@@ -1,0 +1,123 @@
+//! `spr tiny tower`: pretrains the tiny LLaVA's vision tower on synthetic
+//! scenes so that each image token says which object covers its patch and
+//! where that object is (see [`crate::train::patches`] for why and how).
+//! It rewrites the tower's weights of a model folder in place; the language
+//! model and the projector are left as they are, so it runs between `spr
+//! tiny init` and the projector gate.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use image::DynamicImage;
+
+use crate::core::geometry::Bbox;
+use crate::core::imageio;
+use crate::core::project::Project;
+use crate::demo::tiny_gate::covering;
+use crate::model::llava::save_model;
+use crate::model::processor::ImageProcessor;
+use crate::model::Llava;
+use crate::train::patches::{self, PatchConfig, PatchEval, PatchExample, PatchStep};
+
+/// What [`pretrain_tower`] did.
+#[derive(Clone, Debug)]
+pub struct TowerReport {
+    /// Scenes trained on, and held out.
+    pub scenes: (usize, usize),
+    /// The held-out scenes through the trained tower and head.
+    pub eval: PatchEval,
+    /// The last step.
+    pub last: Option<PatchStep>,
+}
+
+/// Per-patch targets of every scene of the project `scenes` (at most
+/// `max`), with the model's processor's pixels.
+fn examples(
+    model: &Llava,
+    processor: &ImageProcessor,
+    scenes: &Path,
+    max: usize,
+    device: &Device,
+) -> Result<(Vec<PatchExample>, usize)> {
+    let cfg = &model.config().vision_config;
+    let side = cfg.image_size / cfg.patch_size;
+    anyhow::ensure!(
+        side * side == model.image_tokens_per_image(),
+        "the tower pretraining needs one feature per patch (the default feature strategy)"
+    );
+    let project = Project::open(scenes)?;
+    let ds = project.load_dataset()?;
+    let mut out = Vec::new();
+    for (i, info) in ds.images.iter().enumerate().take(max) {
+        let path = project.image_root().join(&info.file_name);
+        let img = imageio::load_rgb(&path).with_context(|| format!("scene {}", path.display()))?;
+        let pixels = processor.preprocess(&DynamicImage::ImageRgb8(img), device)?;
+        let objects: Vec<(u32, Bbox)> = ds
+            .objects_of(i)
+            .filter(|&o| !ds.objects.crowd[o])
+            .map(|o| (ds.objects.category[o] + 1, ds.objects.bbox[o]))
+            .collect();
+        let cover = covering(&objects, info.width as f32, info.height as f32, side);
+        out.push(PatchExample {
+            pixels,
+            class: cover.iter().map(|c| c.map_or(0, |(k, _)| k)).collect(),
+            edges: cover
+                .iter()
+                .map(|c| c.map_or([0.0; 4], |(_, e)| e))
+                .collect(),
+        });
+    }
+    Ok((out, ds.categories.len() + 1))
+}
+
+/// Trains the tower of the model in `model_dir` on the first `max_scenes`
+/// scenes of the project `scenes`, keeping the last `eval_scenes` of them
+/// out for the report, and writes the trained tower back into
+/// `model_dir`.
+pub fn pretrain_tower(
+    model_dir: &Path,
+    scenes: &Path,
+    max_scenes: usize,
+    eval_scenes: usize,
+    cfg: &PatchConfig,
+    progress: impl FnMut(&PatchStep),
+) -> Result<TowerReport> {
+    let device = Device::Cpu;
+    let (model, weights) = Llava::load_full(model_dir, &device, DType::F32, true)?;
+    let llava_cfg = model.config().clone();
+    let processor = ImageProcessor::from_dir(model_dir, &llava_cfg.vision_config)?;
+    anyhow::ensure!(
+        !processor.do_center_crop && processor.shortest_edge.is_none(),
+        "{}: the tower pretraining maps each patch to its part of the whole scene, so the \
+         processor must resize to the tower's square without cropping",
+        model_dir.display()
+    );
+    let (mut all, classes) = examples(&model, &processor, scenes, max_scenes, &device)?;
+    anyhow::ensure!(
+        all.len() > eval_scenes,
+        "{}: {} scenes, not more than the {eval_scenes} held out",
+        scenes.display(),
+        all.len()
+    );
+    let held = all.split_off(all.len() - eval_scenes);
+    let vars = weights
+        .trainable
+        .iter()
+        .filter(|(name, _)| name.starts_with("vision_tower."))
+        .cloned()
+        .collect();
+    let (steps, head) = patches::train(&model, vars, &all, classes, cfg, progress)?;
+    let eval = if held.is_empty() {
+        PatchEval::default()
+    } else {
+        patches::evaluate(&model, &head, &held, cfg.batch)?
+    };
+    drop(model);
+    save_model(model_dir, &llava_cfg, &weights.all)?;
+    Ok(TowerReport {
+        scenes: (all.len(), held.len()),
+        eval,
+        last: steps.last().copied(),
+    })
+}

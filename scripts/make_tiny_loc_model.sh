@@ -16,8 +16,9 @@
 #    grounded region descriptions, and the one-object rows again; it must
 #    now pick the named object.
 #
-# The random 112-px tower (sine-cosine positions) stays frozen; the
-# language model and the projector train. Evaluation on the demo's REC set
+# The 112-px tower (sine-cosine positions) is pretrained per patch
+# (`spr tiny tower`) and then stays frozen; the language model and the
+# projector train. Evaluation on the demo's REC set
 # (assets/demo/rec) every 300 steps of stage 2 and at the end.
 #
 # Usage: scripts/make_tiny_loc_model.sh [WORK_DIR]   (default target/tiny-loc)
@@ -34,8 +35,12 @@ demo_rec=assets/demo/rec/finetune_demo_val.json
 
 $spr tiny data --out "$work/one" --scenes 4000 --seed 7 --whole-scenes --objects 1-1 --rec-scenes 60
 $spr tiny data --out "$work/many" --scenes 1500 --seed 8 --whole-scenes
-$spr tiny init --corpus "$work/many/corpus.txt" --out "$work/init" --seed 0 \
-  --gate-from "$work/one/scenes" --gate-scenes 4000
+$spr tiny init --corpus "$work/many/corpus.txt" --out "$work/init" --seed 0
+# The tower learns each patch's object (category and box) on the
+# many-object scenes (100 held out), then the projector gate is fitted on it.
+$spr tiny tower --model "$work/init" --scenes "$work/many/scenes" --max-scenes 1500 \
+  --eval-scenes 100 --steps 1500 --batch 32 --lr 1e-3
+$spr tiny gate --model "$work/init" --scenes "$work/many/scenes" --max-scenes 1500
 
 common=(--objective sft --tune full --lr 1e-3 --warmup 50 --min-lr-ratio 0.1
   --batch 16 --max-len 400 --seed 42 --eval-profile tiny)

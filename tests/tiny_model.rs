@@ -248,3 +248,66 @@ fn the_gated_projector_reads_objectness_and_edges_off_the_tower() {
     spr_workbench::model::Llava::load(&out, &candle_core::Device::Cpu, candle_core::DType::F32)
         .unwrap();
 }
+
+#[test]
+fn tower_pretraining_teaches_the_patches_their_objects_and_keeps_the_rest() {
+    use spr_workbench::demo::tiny_tower::pretrain_tower;
+    use spr_workbench::train::patches::PatchConfig;
+    use tiny::{init_model, write_sft_data, SftDataConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_sft_data(
+        &data,
+        &SftDataConfig {
+            scenes: 20,
+            seed: 6,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let out = tmp.path().join("init");
+    init_model(&out, &data.join("corpus.txt"), 0, None).unwrap();
+    let load = |p: &Path| {
+        candle_core::safetensors::load(p.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    let before = load(&out);
+    let cfg = PatchConfig {
+        steps: 40,
+        batch: 8,
+        lr: 2e-3,
+        warmup: 4,
+        ..Default::default()
+    };
+    let mut losses = Vec::new();
+    let r = pretrain_tower(&out, &data.join("scenes"), 20, 4, &cfg, |s| {
+        losses.push(s.class)
+    })
+    .unwrap();
+    assert_eq!(r.scenes, (16, 4));
+    assert_eq!(losses.len(), 40);
+    // 13 classes: ln 13 = 2.56 at chance; most patches are background, so
+    // the class loss falls fast even in 40 steps.
+    let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
+    let tail: f64 = losses[35..].iter().sum::<f64>() / 5.0;
+    assert!(tail < 0.7 * head, "class loss {head:.3} → {tail:.3}");
+    assert!(r.eval.patches == (4 * 64, r.eval.patches.1) && r.eval.patches.1 > 0);
+    assert!(r.eval.background_accuracy > 0.8, "{:?}", r.eval);
+    let after = load(&out);
+    let flat = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut changed = 0;
+    for (name, t) in &before {
+        if name.starts_with("vision_tower.") {
+            changed += usize::from(flat(t) != flat(&after[name]));
+        } else {
+            assert_eq!(flat(t), flat(&after[name]), "{name} kept");
+        }
+    }
+    assert!(
+        changed > 10,
+        "the tower's weights train ({changed} changed)"
+    );
+    // The folder still loads as a model.
+    spr_workbench::model::Llava::load(&out, &candle_core::Device::Cpu, candle_core::DType::F32)
+        .unwrap();
+}

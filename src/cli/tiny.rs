@@ -95,6 +95,20 @@ pub enum TinyCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Rewrite a model folder's projector as an objectness-gated read-out
+    /// of object edges fitted on a scene project's boxes (what `tiny init
+    /// --gate-from` does; here after `tiny tower` has trained the tower).
+    Gate {
+        /// The model folder; its projector's first units are rewritten.
+        #[arg(long)]
+        model: PathBuf,
+        /// Scene project with boxes (`DATA/scenes` from `spr tiny data`).
+        #[arg(long)]
+        scenes: PathBuf,
+        /// Scenes the gate is fitted on at most.
+        #[arg(long, default_value_t = 400)]
+        max_scenes: usize,
+    },
     /// Write the files transformers' AutoProcessor needs (tokenizer and
     /// processor configs, chat template) into a tiny model folder.
     HfFiles {
@@ -210,6 +224,22 @@ pub enum TinyCommand {
     },
 }
 
+fn print_gate(g: &crate::demo::tiny_gate::GateReport) {
+    println!(
+        "projector gate: {} units from {} scenes ({} patches, {} on objects): \
+         objectness {:.2} on objects vs {:.2} on background (threshold {:.2}), \
+         edge read-out error (left, top, right, bottom) {:.3?}",
+        g.units,
+        g.images,
+        g.tokens,
+        g.object_tokens,
+        g.objectness.0,
+        g.objectness.1,
+        g.threshold,
+        g.edge_error
+    );
+}
+
 fn print_clip_eval(r: &crate::demo::tiny_clip::ClipEvalReport) {
     println!(
         "held-out: {} regions; text→region top-1 {:.3} (crops), {:.3} (local attention on the whole scene); own text beats a one-word change {:.3}",
@@ -288,22 +318,20 @@ pub fn run(cmd: TinyCommand) -> Result<()> {
                 out.display()
             );
             if let Some(scenes) = gate_from {
-                let g = crate::demo::tiny_gate::gate_projector(&out, &scenes, gate_scenes)?;
-                println!(
-                    "projector gate: {} units from {} scenes ({} patches, {} on objects): \
-                     objectness {:.2} on objects vs {:.2} on background (threshold {:.2}), \
-                     edge read-out error (left, top, right, bottom) {:.3?}",
-                    g.units,
-                    g.images,
-                    g.tokens,
-                    g.object_tokens,
-                    g.objectness.0,
-                    g.objectness.1,
-                    g.threshold,
-                    g.edge_error
-                );
+                print_gate(&crate::demo::tiny_gate::gate_projector(
+                    &out,
+                    &scenes,
+                    gate_scenes,
+                )?);
             }
         }
+        TinyCommand::Gate {
+            model,
+            scenes,
+            max_scenes,
+        } => print_gate(&crate::demo::tiny_gate::gate_projector(
+            &model, &scenes, max_scenes,
+        )?),
         TinyCommand::Tower {
             model,
             scenes,

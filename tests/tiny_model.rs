@@ -219,7 +219,7 @@ fn the_gated_projector_reads_objectness_and_edges_off_the_tower() {
             .unwrap()
     };
     let before = load(&out);
-    let g = gate_projector(&out, &data.join("scenes"), 24).unwrap();
+    let g = gate_projector(&out, &data.join("scenes"), 24, false).unwrap();
     assert_eq!((g.images, g.tokens, g.units), (24, 24 * 64, 64), "{g:?}");
     assert!(g.object_tokens > 129, "{g:?}");
     // Objects and background apart, edges read to a few percent of the
@@ -310,4 +310,44 @@ fn tower_pretraining_teaches_the_patches_their_objects_and_keeps_the_rest() {
     // The folder still loads as a model.
     spr_workbench::model::Llava::load(&out, &candle_core::Device::Cpu, candle_core::DType::F32)
         .unwrap();
+}
+
+#[test]
+fn the_gate_per_category_sets_a_unit_group_for_each_category() {
+    use spr_workbench::demo::tiny_gate::gate_projector;
+    use tiny::{init_model, write_sft_data, SftDataConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_sft_data(
+        &data,
+        &SftDataConfig {
+            scenes: 24,
+            seed: 5,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let out = tmp.path().join("init");
+    init_model(&out, &data.join("corpus.txt"), 0, None).unwrap();
+    let rows = |p: &Path| {
+        candle_core::safetensors::load(p.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()["multi_modal_projector.linear_1.weight"]
+            .to_vec2::<f32>()
+            .unwrap()
+    };
+    let before = rows(&out);
+    let g = gate_projector(&out, &data.join("scenes"), 24, true).unwrap();
+    // 12 categories × 4 edges × 4 ramps, when every category appears.
+    assert_eq!(g.units % 16, 0, "{g:?}");
+    assert!(g.units >= 16 * 10 && g.units <= 192, "{g:?}");
+    let after = rows(&out);
+    assert!(
+        (0..g.units).all(|u| after[u] != before[u]),
+        "the gate units are set"
+    );
+    assert_eq!(
+        after[g.units..],
+        before[g.units..],
+        "the other units are kept"
+    );
 }

@@ -108,6 +108,10 @@ pub enum TinyCommand {
         /// Scenes the gate is fitted on at most.
         #[arg(long, default_value_t = 400)]
         max_scenes: usize,
+        /// One group of gate units per category (its box in its own
+        /// channels) instead of one objectness gate.
+        #[arg(long)]
+        by_category: bool,
     },
     /// Write the files transformers' AutoProcessor needs (tokenizer and
     /// processor configs, chat template) into a tiny model folder.
@@ -322,6 +326,7 @@ pub fn run(cmd: TinyCommand) -> Result<()> {
                     &out,
                     &scenes,
                     gate_scenes,
+                    false,
                 )?);
             }
         }
@@ -329,8 +334,12 @@ pub fn run(cmd: TinyCommand) -> Result<()> {
             model,
             scenes,
             max_scenes,
+            by_category,
         } => print_gate(&crate::demo::tiny_gate::gate_projector(
-            &model, &scenes, max_scenes,
+            &model,
+            &scenes,
+            max_scenes,
+            by_category,
         )?),
         TinyCommand::Tower {
             model,

@@ -41,6 +41,8 @@ use crate::model::Llava;
 
 /// Ramps per box edge: 4 × 16 projector units are set.
 const RAMPS: usize = 16;
+/// Ramps per box edge and category when the gate is per category.
+const CATEGORY_RAMPS: usize = 4;
 /// Gate steepness: the objectness margin maps to this many units of the
 /// GELU's input, so background stays off whatever the position term says.
 const GATE: f64 = 8.0;
@@ -73,7 +75,12 @@ pub struct GateReport {
 /// Fits the read-outs on up to `max_images` scenes of the project
 /// `scenes` through the tower of the model in `model_dir` and rewrites
 /// the first projector units of `model_dir` (see the module docs).
-pub fn gate_projector(model_dir: &Path, scenes: &Path, max_images: usize) -> Result<GateReport> {
+pub fn gate_projector(
+    model_dir: &Path,
+    scenes: &Path,
+    max_images: usize,
+    by_category: bool,
+) -> Result<GateReport> {
     let device = Device::Cpu;
     let model = Llava::load(model_dir, &device, DType::F32)?;
     let cfg = model.config().clone();
@@ -95,6 +102,7 @@ pub fn gate_projector(model_dir: &Path, scenes: &Path, max_images: usize) -> Res
     let mut rows: Vec<Vec<f64>> = Vec::new();
     // Per patch: whether an object covers it, and that object's edges.
     let mut covered: Vec<Option<[f64; 4]>> = Vec::new();
+    let mut category: Vec<Option<u32>> = Vec::new();
     let mut images = 0;
     for (i, info) in ds.images.iter().enumerate().take(max_images) {
         let path = project.image_root().join(&info.file_name);
@@ -110,6 +118,7 @@ pub fn gate_projector(model_dir: &Path, scenes: &Path, max_images: usize) -> Res
         let cover = covering(&boxes, info.width as f32, info.height as f32, side);
         for (f, c) in feats.iter().zip(cover) {
             covered.push(c.map(|(_, e)| e.map(f64::from)));
+            category.push(c.map(|(k, _)| k));
             let mut x: Vec<f64> = f.iter().map(|&v| f64::from(v)).collect();
             x.push(1.0);
             rows.push(x);
@@ -186,16 +195,58 @@ pub fn gate_projector(model_dir: &Path, scenes: &Path, max_images: usize) -> Res
         w1.first().map_or(0, Vec::len),
         4 * RAMPS
     );
-    let gain = GATE / (obj_mean - threshold);
     let mut unit = 0;
-    for wp in &we {
-        for k in 0..RAMPS {
-            let at = k as f64 / RAMPS as f64;
-            for (j, slot) in w1[unit].iter_mut().enumerate() {
-                *slot = (gain * wo[j] + SLOPE * wp[j]) as f32;
+    if by_category {
+        // Per category c, units gelu(A_c·(p_c − t_c) + B·(edge − k/4)):
+        // each category's box in its own channels.
+        let n_cat = ds.categories.len();
+        let targets: Vec<Vec<f64>> = (0..n_cat as u32)
+            .map(|c| {
+                category
+                    .iter()
+                    .map(|&k| f64::from(u8::from(k == Some(c))))
+                    .collect()
+            })
+            .collect();
+        let wc = least_squares(&rows, &targets)?;
+        anyhow::ensure!(
+            w1.len() >= n_cat * 4 * CATEGORY_RAMPS,
+            "projector has {} units, fewer than the {} category gate units",
+            w1.len(),
+            n_cat * 4 * CATEGORY_RAMPS
+        );
+        for (c, wcat) in wc.iter().enumerate() {
+            let pc: Vec<f64> = rows.iter().map(|x| dot(x, wcat)).collect();
+            let own: Vec<bool> = category.iter().map(|&k| k == Some(c as u32)).collect();
+            let (mut on, mut off) = (masked(&pc, &own, true), masked(&pc, &own, false));
+            if on.is_empty() {
+                continue;
             }
-            b1[unit] = (gain * (wo[dim] - threshold) + SLOPE * (wp[dim] - at)) as f32;
-            unit += 1;
+            let on_mean = on.iter().sum::<f64>() / on.len() as f64;
+            let t = (quantile(&mut off, 0.99) + quantile(&mut on, 0.10)) / 2.0;
+            let gain = GATE / (on_mean - t).max(1e-3);
+            for wp in &we {
+                for k in 0..CATEGORY_RAMPS {
+                    let at = (k as f64 + 0.5) / CATEGORY_RAMPS as f64;
+                    for (j, slot) in w1[unit].iter_mut().enumerate() {
+                        *slot = (gain * wcat[j] + SLOPE * wp[j]) as f32;
+                    }
+                    b1[unit] = (gain * (wcat[dim] - t) + SLOPE * (wp[dim] - at)) as f32;
+                    unit += 1;
+                }
+            }
+        }
+    } else {
+        let gain = GATE / (obj_mean - threshold);
+        for wp in &we {
+            for k in 0..RAMPS {
+                let at = k as f64 / RAMPS as f64;
+                for (j, slot) in w1[unit].iter_mut().enumerate() {
+                    *slot = (gain * wo[j] + SLOPE * wp[j]) as f32;
+                }
+                b1[unit] = (gain * (wo[dim] - threshold) + SLOPE * (wp[dim] - at)) as f32;
+                unit += 1;
+            }
         }
     }
     let rows_n = w1.len();

@@ -30,7 +30,7 @@ use crate::model::clip_model::ClipModel;
 use crate::train::data::DataOrder;
 use crate::train::schedule::clip_grad_norm;
 use crate::train::trainer::adamw::AdamW;
-use crate::train::trainer::{Result, TrainError};
+use crate::train::trainer::{ensure_finite_loss, Result, TrainError};
 
 /// One training pair.
 #[derive(Clone, Debug)]
@@ -174,15 +174,7 @@ pub fn train(
             temperature: f64::from(scale.to_dtype(DType::F32)?.to_scalar::<f32>()?),
             seconds: started.elapsed().as_secs_f64(),
         };
-        if !s.loss.is_finite() {
-            return Err(TrainError::Config {
-                field: "lr",
-                message: format!(
-                    "step {}: the loss is {}; lower the learning rate",
-                    s.step, s.loss
-                ),
-            });
-        }
+        ensure_finite_loss(s.step, s.loss)?;
         progress(&s);
         out.push(s);
     }

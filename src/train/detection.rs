@@ -37,7 +37,7 @@ use crate::model::ImageProcessor;
 use crate::train::data::DataOrder;
 use crate::train::schedule::clip_grad_norm;
 use crate::train::trainer::adamw::AdamW;
-use crate::train::trainer::{Result, TrainError};
+use crate::train::trainer::{ensure_finite_loss, Result, TrainError};
 
 /// One training image: a square (already at the model's input size) and
 /// its objects.
@@ -336,15 +336,7 @@ pub fn train(
             objectness: scalar(&obj_loss)?,
             seconds: started.elapsed().as_secs_f64(),
         };
-        if !s.loss.is_finite() {
-            return Err(TrainError::Config {
-                field: "lr",
-                message: format!(
-                    "step {}: the loss is {}; lower the learning rate",
-                    s.step, s.loss
-                ),
-            });
-        }
+        ensure_finite_loss(s.step, s.loss)?;
         progress(&s);
         out.push(s);
     }

@@ -31,7 +31,7 @@ use crate::model::Llava;
 use crate::train::data::DataOrder;
 use crate::train::schedule::clip_grad_norm;
 use crate::train::trainer::adamw::AdamW;
-use crate::train::trainer::{Result, TrainError};
+use crate::train::trainer::{ensure_finite_loss, Result, TrainError};
 
 /// One training image with its per-patch targets.
 #[derive(Clone, Debug)]
@@ -242,15 +242,7 @@ pub fn train(
             edges: scalar(&edge_loss)?,
             seconds: started.elapsed().as_secs_f64(),
         };
-        if !s.loss.is_finite() {
-            return Err(TrainError::Config {
-                field: "lr",
-                message: format!(
-                    "step {}: the loss is {}; lower the learning rate",
-                    s.step, s.loss
-                ),
-            });
-        }
+        ensure_finite_loss(s.step, s.loss)?;
         progress(&s);
         out.push(s);
     }

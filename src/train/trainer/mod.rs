@@ -157,6 +157,19 @@ impl From<ConfigError> for TrainError {
 /// Result of this module.
 pub type Result<T> = std::result::Result<T, TrainError>;
 
+/// A step's loss must be finite: otherwise the run stops with the step and
+/// a hint (the learning rate is the usual cause).
+pub(crate) fn ensure_finite_loss(step: u64, loss: f64) -> Result<()> {
+    if loss.is_finite() {
+        Ok(())
+    } else {
+        Err(TrainError::Config {
+            field: "lr",
+            message: format!("step {step}: the loss is {loss}; lower the learning rate"),
+        })
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io {
         path: path.to_path_buf(),

@@ -85,46 +85,29 @@ pub fn gate_projector(
     let model = Llava::load(model_dir, &device, DType::F32)?;
     let cfg = model.config().clone();
     let processor = ImageProcessor::from_dir(model_dir, &cfg.vision_config)?;
-    anyhow::ensure!(
-        !processor.do_center_crop && processor.shortest_edge.is_none(),
-        "{}: the gate maps each patch to its part of the whole scene, so the processor must \
-         resize to the tower's square without cropping (as `spr tiny init` writes it)",
-        model_dir.display()
-    );
-    let side = cfg.vision_config.image_size / cfg.vision_config.patch_size;
-    anyhow::ensure!(
-        side * side == model.image_tokens_per_image(),
-        "{}: the gate needs one feature per patch (the default feature strategy)",
-        model_dir.display()
-    );
-    let project = Project::open(scenes)?;
-    let ds = project.load_dataset()?;
     let mut rows: Vec<Vec<f64>> = Vec::new();
     // Per patch: whether an object covers it, and that object's edges.
     let mut covered: Vec<Option<[f64; 4]>> = Vec::new();
     let mut category: Vec<Option<u32>> = Vec::new();
-    let mut images = 0;
-    for (i, info) in ds.images.iter().enumerate().take(max_images) {
-        let path = project.image_root().join(&info.file_name);
-        let img = imageio::load_rgb(&path).with_context(|| format!("scene {}", path.display()))?;
-        let pixels = processor.preprocess(&DynamicImage::ImageRgb8(img), &device)?;
-        let feats = model.vision_features(&pixels.unsqueeze(0)?)?;
-        let feats: Vec<Vec<f32>> = feats.squeeze(0)?.to_vec2()?;
-        let boxes: Vec<(u32, Bbox)> = ds
-            .objects_of(i)
-            .filter(|&o| !ds.objects.crowd[o])
-            .map(|o| (ds.objects.category[o], ds.objects.bbox[o]))
-            .collect();
-        let cover = covering(&boxes, info.width as f32, info.height as f32, side);
-        for (f, c) in feats.iter().zip(cover) {
-            covered.push(c.map(|(_, e)| e.map(f64::from)));
-            category.push(c.map(|(k, _)| k));
-            let mut x: Vec<f64> = f.iter().map(|&v| f64::from(v)).collect();
-            x.push(1.0);
-            rows.push(x);
-        }
-        images += 1;
-    }
+    let (images, n_cat) = visit_scenes(
+        &model,
+        &processor,
+        model_dir,
+        scenes,
+        max_images,
+        |pixels, cover| {
+            let feats = model.vision_features(&pixels.unsqueeze(0)?)?;
+            let feats: Vec<Vec<f32>> = feats.squeeze(0)?.to_vec2()?;
+            for (f, c) in feats.iter().zip(cover) {
+                covered.push(c.map(|(_, e)| e.map(f64::from)));
+                category.push(c.map(|(k, _)| k));
+                let mut x: Vec<f64> = f.iter().map(|&v| f64::from(v)).collect();
+                x.push(1.0);
+                rows.push(x);
+            }
+            Ok(())
+        },
+    )?;
     anyhow::ensure!(
         images > 0,
         "{}: no scenes to fit the gate on",
@@ -199,7 +182,6 @@ pub fn gate_projector(
     if by_category {
         // Per category c, units gelu(A_c·(p_c − t_c) + B·(edge − k/4)):
         // each category's box in its own channels.
-        let n_cat = ds.categories.len();
         let targets: Vec<Vec<f64>> = (0..n_cat as u32)
             .map(|c| {
                 category
@@ -267,6 +249,54 @@ pub fn gate_projector(
         edge_error,
         units: unit,
     })
+}
+
+/// Checks that `model` (from `model_dir`) and `processor` give one feature
+/// per patch of the whole scene (a plain square resize, the default feature
+/// strategy), then hands `f` the pixel values `(3, S, S)` and the per-patch
+/// cover ([`covering`], 0-based categories) of each of the first `max`
+/// scenes of the project `scenes`. Returns the scenes visited and the
+/// project's number of categories.
+pub(crate) fn visit_scenes(
+    model: &Llava,
+    processor: &ImageProcessor,
+    model_dir: &Path,
+    scenes: &Path,
+    max: usize,
+    mut f: impl FnMut(Tensor, Vec<Option<(u32, [f32; 4])>>) -> Result<()>,
+) -> Result<(usize, usize)> {
+    anyhow::ensure!(
+        !processor.do_center_crop && processor.shortest_edge.is_none(),
+        "{}: each patch is mapped to its part of the whole scene, so the processor must \
+         resize to the tower's square without cropping (as `spr tiny init` writes it)",
+        model_dir.display()
+    );
+    let vision = &model.config().vision_config;
+    let side = vision.image_size / vision.patch_size;
+    anyhow::ensure!(
+        side * side == model.image_tokens_per_image(),
+        "{}: one feature per patch is needed (the default feature strategy)",
+        model_dir.display()
+    );
+    let project = Project::open(scenes)?;
+    let ds = project.load_dataset()?;
+    let mut images = 0;
+    for (i, info) in ds.images.iter().enumerate().take(max) {
+        let path = project.image_root().join(&info.file_name);
+        let img = imageio::load_rgb(&path).with_context(|| format!("scene {}", path.display()))?;
+        let pixels = processor.preprocess(&DynamicImage::ImageRgb8(img), model.device())?;
+        let objects: Vec<(u32, Bbox)> = ds
+            .objects_of(i)
+            .filter(|&o| !ds.objects.crowd[o])
+            .map(|o| (ds.objects.category[o], ds.objects.bbox[o]))
+            .collect();
+        f(
+            pixels,
+            covering(&objects, info.width as f32, info.height as f32, side),
+        )?;
+        images += 1;
+    }
+    Ok((images, ds.categories.len()))
 }
 
 /// Per patch of a `side × side` grid over a `w × h` scene (row-major): the

@@ -7,14 +7,10 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{DType, Device};
-use image::DynamicImage;
 
-use crate::core::geometry::Bbox;
-use crate::core::imageio;
-use crate::core::project::Project;
-use crate::demo::tiny_gate::covering;
+use crate::demo::tiny_gate::visit_scenes;
 use crate::model::llava::save_model;
 use crate::model::processor::ImageProcessor;
 use crate::model::Llava;
@@ -31,44 +27,30 @@ pub struct TowerReport {
     pub last: Option<PatchStep>,
 }
 
-/// Per-patch targets of every scene of the project `scenes` (at most
-/// `max`), with the model's processor's pixels.
+/// Per-patch targets of the first `max` scenes of the project `scenes`
+/// (class 0 for background, categories from 1), with the model's
+/// processor's pixels; and the number of classes.
 fn examples(
     model: &Llava,
     processor: &ImageProcessor,
+    model_dir: &Path,
     scenes: &Path,
     max: usize,
-    device: &Device,
 ) -> Result<(Vec<PatchExample>, usize)> {
-    let cfg = &model.config().vision_config;
-    let side = cfg.image_size / cfg.patch_size;
-    anyhow::ensure!(
-        side * side == model.image_tokens_per_image(),
-        "the tower pretraining needs one feature per patch (the default feature strategy)"
-    );
-    let project = Project::open(scenes)?;
-    let ds = project.load_dataset()?;
     let mut out = Vec::new();
-    for (i, info) in ds.images.iter().enumerate().take(max) {
-        let path = project.image_root().join(&info.file_name);
-        let img = imageio::load_rgb(&path).with_context(|| format!("scene {}", path.display()))?;
-        let pixels = processor.preprocess(&DynamicImage::ImageRgb8(img), device)?;
-        let objects: Vec<(u32, Bbox)> = ds
-            .objects_of(i)
-            .filter(|&o| !ds.objects.crowd[o])
-            .map(|o| (ds.objects.category[o] + 1, ds.objects.bbox[o]))
-            .collect();
-        let cover = covering(&objects, info.width as f32, info.height as f32, side);
-        out.push(PatchExample {
-            pixels,
-            class: cover.iter().map(|c| c.map_or(0, |(k, _)| k)).collect(),
-            edges: cover
-                .iter()
-                .map(|c| c.map_or([0.0; 4], |(_, e)| e))
-                .collect(),
-        });
-    }
-    Ok((out, ds.categories.len() + 1))
+    let (_, categories) =
+        visit_scenes(model, processor, model_dir, scenes, max, |pixels, cover| {
+            out.push(PatchExample {
+                pixels,
+                class: cover.iter().map(|c| c.map_or(0, |(k, _)| k + 1)).collect(),
+                edges: cover
+                    .iter()
+                    .map(|c| c.map_or([0.0; 4], |(_, e)| e))
+                    .collect(),
+            });
+            Ok(())
+        })?;
+    Ok((out, categories + 1))
 }
 
 /// Trains the tower of the model in `model_dir` on the first `max_scenes`
@@ -87,13 +69,7 @@ pub fn pretrain_tower(
     let (model, weights) = Llava::load_full(model_dir, &device, DType::F32, true)?;
     let llava_cfg = model.config().clone();
     let processor = ImageProcessor::from_dir(model_dir, &llava_cfg.vision_config)?;
-    anyhow::ensure!(
-        !processor.do_center_crop && processor.shortest_edge.is_none(),
-        "{}: the tower pretraining maps each patch to its part of the whole scene, so the \
-         processor must resize to the tower's square without cropping",
-        model_dir.display()
-    );
-    let (mut all, classes) = examples(&model, &processor, scenes, max_scenes, &device)?;
+    let (mut all, classes) = examples(&model, &processor, model_dir, scenes, max_scenes)?;
     anyhow::ensure!(
         all.len() > eval_scenes,
         "{}: {} scenes, not more than the {eval_scenes} held out",

@@ -25,6 +25,10 @@
 //! patches) are least-squares read-outs of the frozen tower's features,
 //! fitted on scenes whose boxes are known; every weight stays trainable
 //! afterwards.
+//!
+//! Per category (`spr tiny gate --by-category`), the gate is the tower's
+//! least-squares read-out of one category instead of objectness, with 4
+//! ramps per edge: each category's box in its own units (12 × 4 × 4).
 
 use std::path::Path;
 

@@ -214,10 +214,7 @@ pub fn gate_projector(
             for wp in &we {
                 for k in 0..CATEGORY_RAMPS {
                     let at = (k as f64 + 0.5) / CATEGORY_RAMPS as f64;
-                    for (j, slot) in w1[unit].iter_mut().enumerate() {
-                        *slot = (gain * wcat[j] + SLOPE * wp[j]) as f32;
-                    }
-                    b1[unit] = (gain * (wcat[dim] - t) + SLOPE * (wp[dim] - at)) as f32;
+                    set_unit(&mut w1[unit], &mut b1[unit], (gain, wcat, t), wp, at);
                     unit += 1;
                 }
             }
@@ -227,10 +224,7 @@ pub fn gate_projector(
         for wp in &we {
             for k in 0..RAMPS {
                 let at = k as f64 / RAMPS as f64;
-                for (j, slot) in w1[unit].iter_mut().enumerate() {
-                    *slot = (gain * wo[j] + SLOPE * wp[j]) as f32;
-                }
-                b1[unit] = (gain * (wo[dim] - threshold) + SLOPE * (wp[dim] - at)) as f32;
+                set_unit(&mut w1[unit], &mut b1[unit], (gain, &wo, threshold), wp, at);
                 unit += 1;
             }
         }
@@ -253,6 +247,19 @@ pub fn gate_projector(
         edge_error,
         units: unit,
     })
+}
+
+/// Writes one gate unit of the projector's first layer: the pre-activation
+/// `gain·(g·x − t) + SLOPE·(e·x − at)`, with `g` the gate's read-out (the
+/// objectness or one category's), `e` an edge's read-out (both with the
+/// bias last) and `at` the ramp's position.
+fn set_unit(row: &mut [f32], bias: &mut f32, gate: (f64, &[f64], f64), edge: &[f64], at: f64) {
+    let (gain, g, t) = gate;
+    let dim = row.len();
+    for (j, slot) in row.iter_mut().enumerate() {
+        *slot = (gain * g[j] + SLOPE * edge[j]) as f32;
+    }
+    *bias = (gain * (g[dim] - t) + SLOPE * (edge[dim] - at)) as f32;
 }
 
 /// Checks that `model` (from `model_dir`) and `processor` give one feature

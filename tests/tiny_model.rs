@@ -3,7 +3,8 @@
 //! loader, writes parsable grounded text about demo regions it never saw in
 //! training, and DPO on the demo project's pairs widens its reward margins.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 mod common;
@@ -14,6 +15,32 @@ use spr_workbench::train::trainer::{self, TrainConfig};
 
 const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/tiny-model");
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo");
+
+/// A temporary folder with `scenes` synthetic scenes of `seed` (the default
+/// 8-16 objects) under `data/` and a fresh tiny model under `init/`.
+fn scenes_and_init(scenes: usize, seed: u64) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    use tiny::{init_model, write_sft_data, SftDataConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_sft_data(
+        &data,
+        &SftDataConfig {
+            scenes,
+            seed,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let out = tmp.path().join("init");
+    init_model(&out, &data.join("corpus.txt"), 0, None).unwrap();
+    (tmp, data, out)
+}
+
+/// The tensors of the model folder `dir`.
+fn weights(dir: &Path) -> HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu)
+        .unwrap()
+}
 
 #[test]
 fn tiny_model_describes_demo_regions_in_parsable_grounded_text() {
@@ -114,9 +141,8 @@ fn a_tiny_base_can_take_the_detectors_tower_and_whole_scene_rec_rows() {
         serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["vision_config"]["image_size"], 168);
     assert_eq!(cfg["vision_config"]["num_hidden_layers"], 4);
-    let load = |p: &Path| candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap();
-    let ours = load(&out.join("model.safetensors"));
-    let theirs = load(&owl.join("model.safetensors"));
+    let ours = weights(&out);
+    let theirs = weights(&owl);
     let a = ours["vision_tower.vision_model.pre_layrnorm.weight"]
         .to_vec1::<f32>()
         .unwrap();
@@ -161,9 +187,7 @@ fn one_object_scenes_and_a_random_tower_that_says_where_each_patch_is() {
 
     let out = tmp.path().join("init");
     init_model(&out, &data.join("corpus.txt"), 0, None).unwrap();
-    let w =
-        candle_core::safetensors::load(out.join("model.safetensors"), &candle_core::Device::Cpu)
-            .unwrap();
+    let w = weights(&out);
     let pos = w["vision_tower.vision_model.embeddings.position_embedding.weight"]
         .to_vec2::<f32>()
         .unwrap();
@@ -200,25 +224,8 @@ fn one_object_scenes_and_a_random_tower_that_says_where_each_patch_is() {
 #[test]
 fn the_gated_projector_reads_objectness_and_edges_off_the_tower() {
     use spr_workbench::demo::tiny_gate::gate_projector;
-    use tiny::{init_model, write_sft_data, SftDataConfig};
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    write_sft_data(
-        &data,
-        &SftDataConfig {
-            scenes: 24,
-            seed: 5,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let out = tmp.path().join("init");
-    init_model(&out, &data.join("corpus.txt"), 0, None).unwrap();
-    let load = |p: &Path| {
-        candle_core::safetensors::load(p.join("model.safetensors"), &candle_core::Device::Cpu)
-            .unwrap()
-    };
-    let before = load(&out);
+    let (_tmp, data, out) = scenes_and_init(24, 5);
+    let before = weights(&out);
     let g = gate_projector(&out, &data.join("scenes"), 24, false).unwrap();
     assert_eq!((g.images, g.tokens, g.units), (24, 24 * 64, 64), "{g:?}");
     assert!(g.object_tokens > 129, "{g:?}");
@@ -226,8 +233,8 @@ fn the_gated_projector_reads_objectness_and_edges_off_the_tower() {
     // image (an object is 6-16 % of its width).
     assert!(g.objectness.0 > 0.5 && g.objectness.1 < 0.1, "{g:?}");
     assert!(g.edge_error.iter().all(|&e| e < 0.05), "{g:?}");
-    let after = load(&out);
-    let rows = |w: &std::collections::HashMap<String, candle_core::Tensor>| {
+    let after = weights(&out);
+    let rows = |w: &HashMap<String, candle_core::Tensor>| {
         w["multi_modal_projector.linear_1.weight"]
             .to_vec2::<f32>()
             .unwrap()
@@ -253,25 +260,8 @@ fn the_gated_projector_reads_objectness_and_edges_off_the_tower() {
 fn tower_pretraining_teaches_the_patches_their_objects_and_keeps_the_rest() {
     use spr_workbench::demo::tiny_tower::pretrain_tower;
     use spr_workbench::train::patches::PatchConfig;
-    use tiny::{init_model, write_sft_data, SftDataConfig};
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    write_sft_data(
-        &data,
-        &SftDataConfig {
-            scenes: 20,
-            seed: 6,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let out = tmp.path().join("init");
-    init_model(&out, &data.join("corpus.txt"), 0, None).unwrap();
-    let load = |p: &Path| {
-        candle_core::safetensors::load(p.join("model.safetensors"), &candle_core::Device::Cpu)
-            .unwrap()
-    };
-    let before = load(&out);
+    let (_tmp, data, out) = scenes_and_init(20, 6);
+    let before = weights(&out);
     let cfg = PatchConfig {
         steps: 40,
         batch: 8,
@@ -293,7 +283,7 @@ fn tower_pretraining_teaches_the_patches_their_objects_and_keeps_the_rest() {
     assert!(tail < 0.7 * head, "class loss {head:.3} → {tail:.3}");
     assert!(r.eval.patches == (4 * 64, r.eval.patches.1) && r.eval.patches.1 > 0);
     assert!(r.eval.background_accuracy > 0.8, "{:?}", r.eval);
-    let after = load(&out);
+    let after = weights(&out);
     let flat = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let mut changed = 0;
     for (name, t) in &before {
@@ -315,23 +305,9 @@ fn tower_pretraining_teaches_the_patches_their_objects_and_keeps_the_rest() {
 #[test]
 fn the_gate_per_category_sets_a_unit_group_for_each_category() {
     use spr_workbench::demo::tiny_gate::gate_projector;
-    use tiny::{init_model, write_sft_data, SftDataConfig};
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    write_sft_data(
-        &data,
-        &SftDataConfig {
-            scenes: 24,
-            seed: 5,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let out = tmp.path().join("init");
-    init_model(&out, &data.join("corpus.txt"), 0, None).unwrap();
+    let (_tmp, data, out) = scenes_and_init(24, 5);
     let rows = |p: &Path| {
-        candle_core::safetensors::load(p.join("model.safetensors"), &candle_core::Device::Cpu)
-            .unwrap()["multi_modal_projector.linear_1.weight"]
+        weights(p)["multi_modal_projector.linear_1.weight"]
             .to_vec2::<f32>()
             .unwrap()
     };

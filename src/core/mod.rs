@@ -20,4 +20,5 @@ pub mod scorers;
 pub mod scores;
 pub mod segment;
 pub mod tail;
+pub mod threads;
 pub mod workspace;

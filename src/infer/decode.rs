@@ -168,25 +168,14 @@ pub fn decode_all(
     let mut out = Vec::with_capacity(jobs.len());
     for chunk in jobs.chunks(batch.max(1)) {
         let part = chunk.len().div_ceil(workers.max(1));
-        let results: Vec<Result<Vec<Decoded>, ModelError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = chunk
-                .chunks(part)
-                .map(|jobs| {
-                    scope.spawn(move || {
-                        let mut observer = Counter { stop, tokens };
-                        decode(bundle, jobs, max_new_tokens, min_new_tokens, &mut observer)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(ModelError::Input("a decoding thread panicked".into()))
-                    })
-                })
-                .collect()
-        });
+        let results = crate::core::threads::on_threads(
+            chunk.chunks(part),
+            |jobs| {
+                let mut observer = Counter { stop, tokens };
+                decode(bundle, jobs, max_new_tokens, min_new_tokens, &mut observer)
+            },
+            |_| Err(ModelError::Input("a decoding thread panicked".into())),
+        );
         for r in results {
             out.extend(r?);
         }

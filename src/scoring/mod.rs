@@ -184,27 +184,21 @@ where
         return work.iter().map(|w| f(&mut cache, w)).collect();
     }
     let share = work.len().div_ceil(workers);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = work
-            .chunks(share)
-            .map(|part| {
-                scope.spawn(move || {
-                    let mut cache = C::default();
-                    part.iter().map(|w| f(&mut cache, w)).collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .zip(work.chunks(share))
-            .flat_map(|(h, part)| {
-                h.join().unwrap_or_else(|_| {
-                    part.iter()
-                        .map(|_| Err("a scoring thread panicked".to_string()))
-                        .collect()
-                })
-            })
-            .collect()
-    })
+    let parts: Vec<&[W]> = work.chunks(share).collect();
+    crate::core::threads::on_threads(
+        parts.iter().copied(),
+        |part| {
+            let mut cache = C::default();
+            part.iter().map(|w| f(&mut cache, w)).collect::<Vec<_>>()
+        },
+        |i| {
+            parts[i]
+                .iter()
+                .map(|_| Err("a scoring thread panicked".to_string()))
+                .collect()
+        },
+    )
+    .into_iter()
+    .flatten()
+    .collect()
 }

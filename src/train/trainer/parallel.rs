@@ -16,7 +16,7 @@
 //! gradients add up to the gradient of the loss over the whole micro-batch
 //! (up to float summation order, as with any change of batching).
 
-use std::thread;
+use crate::core::threads::on_threads;
 
 use super::{Result, TrainError};
 
@@ -56,24 +56,14 @@ where
     if items.len() <= 1 {
         return items.into_iter().map(&f).collect();
     }
-    let f = &f;
-    thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .into_iter()
-            .map(|item| scope.spawn(move || f(item)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(TrainError::Config {
-                        field: "workers",
-                        message: "a training thread panicked".into(),
-                    })
-                })
-            })
-            .collect()
+    on_threads(items, f, |_| {
+        Err(TrainError::Config {
+            field: "workers",
+            message: "a training thread panicked".into(),
+        })
     })
+    .into_iter()
+    .collect()
 }
 
 #[cfg(test)]

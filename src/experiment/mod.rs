@@ -307,8 +307,8 @@ pub fn run(paths: &ExperimentPaths) -> Result<ExperimentReport> {
     let base_name = cfg
         .base_model
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| base.clone());
+        .map(|n| format!("base ({})", n.to_string_lossy()))
+        .unwrap_or_else(|| format!("base ({base})"));
     let base_fig =
         ArmFigures::from_reports(&base_name, "base", 0.0, &[(0, base_report.report.clone())]);
     let mut arms = Vec::new();

@@ -76,7 +76,7 @@ pub fn accuracy_curves(
             grey.stroke_width(2),
         ))
         .map_err(e)?
-        .label(format!("{} (base)", base.name))
+        .label(base.name.clone())
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], grey.stroke_width(2)));
     for (i, arm) in arms.iter().enumerate() {
         let c = PALETTE[i % PALETTE.len()];

@@ -550,18 +550,12 @@ fn full_vision_trains_the_tower_and_full_does_not() {
         ) + "\n",
     )
     .unwrap();
-    // One tower weight, from a model folder (any layout).
-    let tower_weight = |dir: &Path| -> Vec<f32> {
-        let file = dir.join("model.safetensors");
-        let tensors = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
-        let (_, t) = tensors
-            .iter()
-            .find(|(k, _)| {
-                k.starts_with("vision_tower.")
-                    && k.ends_with("encoder.layers.0.self_attn.q_proj.weight")
-            })
-            .unwrap();
-        t.flatten_all().unwrap().to_vec1().unwrap()
+    let tower_weight = |dir: &Path| {
+        weight_values(
+            dir,
+            "vision_tower.",
+            "encoder.layers.0.self_attn.q_proj.weight",
+        )
     };
     let base = tower_weight(Path::new(FIXTURE));
     let never = AtomicBool::new(false);
@@ -572,14 +566,76 @@ fn full_vision_trains_the_tower_and_full_does_not() {
         cfg.tune = tune;
         let run = tmp.path().join(format!("{tune:?}"));
         trainer::train(&cfg, &run, |_| {}, &never).unwrap();
-        let after = tower_weight(&run.join(files::MODEL));
-        let change = after
-            .iter()
-            .zip(&base)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        moved.push(change);
+        moved.push(max_change(&tower_weight(&run.join(files::MODEL)), &base));
     }
     assert_eq!(moved[0], 0.0, "full fine-tuning left the tower frozen");
     assert!(moved[1] > 1e-4, "full-vision moved the tower: {moved:?}");
+}
+
+/// The values of the first tensor of a model folder (any layout) whose
+/// name starts with `starts` and ends with `ends`.
+fn weight_values(dir: &Path, starts: &str, ends: &str) -> Vec<f32> {
+    let file = dir.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
+    let (_, t) = tensors
+        .iter()
+        .find(|(k, _)| k.starts_with(starts) && k.ends_with(ends))
+        .unwrap();
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn max_change(after: &[f32], before: &[f32]) -> f32 {
+    after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn freeze_keeps_the_named_tensors_and_refuses_a_prefix_that_names_none() {
+    use spr_workbench::train::objectives::{Objective, ObjectiveConfig};
+    use spr_workbench::train::trainer::Tune;
+
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(FIXTURE).join("image0.png"),
+        tmp.path().join("img.png"),
+    )
+    .unwrap();
+    let data = tmp.path().join("sft.jsonl");
+    std::fs::write(
+        &data,
+        sft_line(
+            "img.png",
+            "Where is the dog?",
+            "the dog [0.3, 0.3, 0.9, 0.8]",
+        ) + "\n",
+    )
+    .unwrap();
+    let projector = |dir: &Path| weight_values(dir, "multi_modal_projector.", "linear_1.weight");
+    let q0 = |dir: &Path| weight_values(dir, "", "layers.0.self_attn.q_proj.weight");
+    let (projector0, q00) = (projector(Path::new(FIXTURE)), q0(Path::new(FIXTURE)));
+    let never = AtomicBool::new(false);
+    let mut cfg = config(&data, 3, 3e-3);
+    cfg.objective = ObjectiveConfig::new(Objective::Sft);
+    cfg.tune = Tune::Full;
+    cfg.freeze = vec!["multi_modal_projector.".into()];
+    let run = tmp.path().join("frozen");
+    trainer::train(&cfg, &run, |_| {}, &never).unwrap();
+    let model = run.join(files::MODEL);
+    assert_eq!(
+        max_change(&projector(&model), &projector0),
+        0.0,
+        "the projector stayed"
+    );
+    let q_moved = max_change(&q0(&model), &q00);
+    assert!(q_moved > 1e-4, "the language model trained: {q_moved}");
+
+    cfg.freeze = vec!["multi_modal_projecter.".into()];
+    let err = trainer::train(&cfg, &tmp.path().join("typo"), |_| {}, &never).unwrap_err();
+    assert!(
+        err.to_string().contains("names no trainable tensor"),
+        "{err}"
+    );
 }

@@ -53,6 +53,10 @@ pub struct TrainArgs {
     /// projector weight; for small models).
     #[arg(long, default_value = "lora")]
     pub tune: String,
+    /// With --tune full: keep the tensors whose name starts with this
+    /// prefix as loaded (repeatable).
+    #[arg(long)]
+    pub freeze: Vec<String>,
     /// Linear warm-up steps before the cosine decay.
     #[arg(long, default_value_t = 0)]
     pub warmup: u64,
@@ -177,6 +181,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             .tune
             .parse()
             .map_err(|e| anyhow::anyhow!("--tune: {e}"))?;
+        cfg.freeze = args.freeze.clone();
         cfg.warmup_steps = args.warmup;
         cfg.min_lr_ratio = args.min_lr_ratio;
         cfg.max_len = args.max_len;

@@ -441,6 +441,11 @@ pub struct TrainConfig {
     /// REC evaluation of the policy during training, when set.
     #[serde(default)]
     pub eval: Option<EvalSettings>,
+    /// Full fine-tuning only: tensors whose llava-hf name starts with one
+    /// of these stay as loaded (a structured initialisation that training
+    /// must not wash out, e.g. the tiny base model's picking heads).
+    #[serde(default)]
+    pub freeze: Vec<String>,
 }
 
 impl TrainConfig {
@@ -471,6 +476,7 @@ impl TrainConfig {
             checkpoint_every: 500,
             max_len: 2048,
             eval: None,
+            freeze: Vec::new(),
         }
     }
 
@@ -529,6 +535,12 @@ impl TrainConfig {
         }
         if self.objective.objective.needs_segments() && self.segmenter.is_none() {
             return bad("segmenter", "fdpo needs a segmenter");
+        }
+        if !self.freeze.is_empty() && self.tune == Tune::Lora {
+            return bad(
+                "freeze",
+                "only full fine-tuning freezes tensors (LoRA trains adapters alone)",
+            );
         }
         Ok(())
     }
@@ -723,5 +735,15 @@ mod tests {
             ..cfg
         };
         assert_eq!(fdpo.validate().unwrap_err().field, "segmenter");
+        let frozen_lora = TrainConfig {
+            freeze: vec!["multi_modal_projector.".into()],
+            ..TrainConfig::new("m", "d")
+        };
+        assert_eq!(frozen_lora.validate().unwrap_err().field, "freeze");
+        let frozen_full = TrainConfig {
+            tune: Tune::Full,
+            ..frozen_lora
+        };
+        frozen_full.validate().unwrap();
     }
 }

@@ -458,8 +458,27 @@ impl Trainer {
                 workers,
             )?)
         };
+        if let Some(w) = &full {
+            for prefix in &cfg.freeze {
+                if !w
+                    .trainable
+                    .iter()
+                    .any(|(n, _)| n.starts_with(prefix.as_str()))
+                {
+                    return Err(TrainError::Config {
+                        field: "freeze",
+                        message: format!("`{prefix}` names no trainable tensor of the model"),
+                    });
+                }
+            }
+        }
         let trainable = |bundle: &LlavaBundle| match &full {
-            Some(w) => w.trainable.clone(),
+            Some(w) => w
+                .trainable
+                .iter()
+                .filter(|(n, _)| !cfg.freeze.iter().any(|p| n.starts_with(p.as_str())))
+                .cloned()
+                .collect(),
             None => bundle.model.named_trainable_vars(),
         };
         let mut opt = AdamW::new(trainable(&bundle), cfg)?;

@@ -269,20 +269,20 @@ pub fn verdicts(base: &ArmFigures, arms: &[ArmFigures]) -> Vec<Verdict> {
     out
 }
 
-/// A base below this REC Acc@0.5 hardly localizes: the arms then compare
+/// A base below this REC Acc@0.5 localizes weakly: the arms then compare
 /// little (the experiment's issue asks for a base at 40-85 %).
 pub const WEAK_BASE_ACC: f64 = 0.40;
 
 impl ExperimentReport {
     /// What makes the figures weaker evidence than they look: a base that
-    /// hardly localizes, arms that lost the answer format (half the base's
+    /// localizes weakly, arms that lost the answer format (half the base's
     /// parse rate or less).
     pub fn caveats(&self) -> Vec<String> {
         let mut out = Vec::new();
         let base_acc = self.base.accuracy.first().map_or(0.0, |s| s.mean);
         if base_acc < WEAK_BASE_ACC {
             out.push(format!(
-                "The base model's Acc@0.5 is {} %, below {} %: it hardly localizes, so the pairs rest on poor candidates and the arms compare little",
+                "The base model's Acc@0.5 is {} %, below {} %, the least the experiment asks for: it localizes weakly, so the pairs rest on poorly localized candidates and the arms compare little",
                 pts(base_acc),
                 pts(WEAK_BASE_ACC)
             ));

@@ -535,21 +535,7 @@ fn full_vision_trains_the_tower_and_full_does_not() {
     use spr_workbench::train::trainer::Tune;
 
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        Path::new(FIXTURE).join("image0.png"),
-        tmp.path().join("img.png"),
-    )
-    .unwrap();
-    let data = tmp.path().join("sft.jsonl");
-    std::fs::write(
-        &data,
-        sft_line(
-            "img.png",
-            "Where is the dog?",
-            "the dog [0.3, 0.3, 0.9, 0.8]",
-        ) + "\n",
-    )
-    .unwrap();
+    let data = one_sft_row(tmp.path());
     let tower_weight = |dir: &Path| {
         weight_values(
             dir,
@@ -570,6 +556,23 @@ fn full_vision_trains_the_tower_and_full_does_not() {
     }
     assert_eq!(moved[0], 0.0, "full fine-tuning left the tower frozen");
     assert!(moved[1] > 1e-4, "full-vision moved the tower: {moved:?}");
+}
+
+/// Writes one supervised row on the fixture's image into `dir`; returns
+/// the JSONL's path.
+fn one_sft_row(dir: &Path) -> PathBuf {
+    std::fs::copy(Path::new(FIXTURE).join("image0.png"), dir.join("img.png")).unwrap();
+    let data = dir.join("sft.jsonl");
+    std::fs::write(
+        &data,
+        sft_line(
+            "img.png",
+            "Where is the dog?",
+            "the dog [0.3, 0.3, 0.9, 0.8]",
+        ) + "\n",
+    )
+    .unwrap();
+    data
 }
 
 /// The values of the first tensor of a model folder (any layout) whose
@@ -598,23 +601,10 @@ fn freeze_keeps_the_named_tensors_and_refuses_a_prefix_that_names_none() {
     use spr_workbench::train::trainer::Tune;
 
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        Path::new(FIXTURE).join("image0.png"),
-        tmp.path().join("img.png"),
-    )
-    .unwrap();
-    let data = tmp.path().join("sft.jsonl");
-    std::fs::write(
-        &data,
-        sft_line(
-            "img.png",
-            "Where is the dog?",
-            "the dog [0.3, 0.3, 0.9, 0.8]",
-        ) + "\n",
-    )
-    .unwrap();
+    let data = one_sft_row(tmp.path());
     let projector = |dir: &Path| weight_values(dir, "multi_modal_projector.", "linear_1.weight");
-    let q0 = |dir: &Path| weight_values(dir, "", "layers.0.self_attn.q_proj.weight");
+    // The language model's (the tower has a `layers.0.self_attn.q_proj` too).
+    let q0 = |dir: &Path| weight_values(dir, "language_model.", "layers.0.self_attn.q_proj.weight");
     let (projector0, q00) = (projector(Path::new(FIXTURE)), q0(Path::new(FIXTURE)));
     let never = AtomicBool::new(false);
     let mut cfg = config(&data, 3, 3e-3);

@@ -449,6 +449,12 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// Whether `--freeze` keeps the tensor `name` (canonical llava-hf name)
+    /// as loaded.
+    pub fn freezes(&self, name: &str) -> bool {
+        self.freeze.iter().any(|p| name.starts_with(p.as_str()))
+    }
+
     /// SPR's settings (DPO β 0.1, LoRA r 128 α 256 on every decoder
     /// linear, batch 2, lr 1e-5) for `model` and `data`.
     pub fn new(model: impl Into<String>, data: impl Into<PathBuf>) -> Self {

@@ -476,7 +476,7 @@ impl Trainer {
             Some(w) => w
                 .trainable
                 .iter()
-                .filter(|(n, _)| !cfg.freeze.iter().any(|p| n.starts_with(p.as_str())))
+                .filter(|(n, _)| !cfg.freezes(n))
                 .cloned()
                 .collect(),
             None => bundle.model.named_trainable_vars(),

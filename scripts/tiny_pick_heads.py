@@ -59,16 +59,6 @@ def pixels(path):
     return ((torch.tensor(np.asarray(pil)).permute(2, 0, 1).float() / 255 - MEAN) / STD)[None]
 
 
-def cover(im, box):
-    x, y, w, h = box
-    c = np.zeros(G * G, bool)
-    for i in range(G):
-        for j in range(G):
-            cx = (j + .5) / G * im["width"]; cy = (i + .5) / G * im["height"]
-            c[i * G + j] = x <= cx <= x + w and y <= cy <= y + h
-    return c
-
-
 def overlap(im, box):
     """Share of each patch the box covers."""
     x, y, w, h = box
@@ -192,10 +182,6 @@ sd["multi_modal_projector.linear_1.weight"] = w1; sd["multi_modal_projector.line
 sd["multi_modal_projector.linear_2.weight"] = w2
 hd = dim // m.config.text_config.num_attention_heads
 half = hd // 2
-
-
-def head_rows(name, h):
-    return sd[name][h * hd:(h + 1) * hd]
 
 
 # 2. gather head, layer 0

@@ -119,7 +119,7 @@ words = colours + shapes
 vocab = tok.get_vocab()
 wid, wj = [], []
 for j, w in enumerate(words):
-    for t, i in vocab.items():
+    for t, i in sorted(vocab.items()):
         if t.startswith("\u2581" + w) and all(not ch.isalnum() for ch in t[len(w) + 1:]):
             wid.append(i); wj.append(j)
 assert sorted(set(wj)) == list(range(len(words))), wj

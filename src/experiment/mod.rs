@@ -10,7 +10,8 @@
 //! 4. `spr train` for every arm and seed, the same steps and schedule;
 //! 5. `spr eval` of the base model and of every run;
 //! 6. the report: a Markdown table, `report.json`, the accuracy curves as
-//!    a PNG, the hypotheses checked, and each stage's time.
+//!    a PNG, the hypotheses checked, what the pairs hold (boxes kept by
+//!    refinement, [`pairs`]), and each stage's time.
 //!
 //! Every stage runs this same `spr` binary as a child process, so what the
 //! experiment runs is exactly what a user runs by hand, and a stage's
@@ -19,6 +20,7 @@
 //! interrupted experiment resumes where it stopped).
 
 pub mod config;
+pub mod pairs;
 pub mod plot;
 pub mod report;
 
@@ -28,8 +30,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use crate::core::project::{read_jsonl, PairRecord};
 use crate::core::rec::{eval_files, RecRunReport};
 use config::{pairs_file, slug, ExperimentConfig};
+use pairs::PairBoxes;
 use report::{verdicts, ArmFigures, ExperimentReport, StageTime};
 
 /// File names of the report folder.
@@ -326,11 +330,19 @@ pub fn run(paths: &ExperimentPaths) -> Result<ExperimentReport> {
             &reports,
         ));
     }
+    let mut pair_boxes = Vec::new();
+    for l in cfg.lambdas() {
+        let file = project.join(pairs_file(l));
+        let (records, _) = read_jsonl::<PairRecord>(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        pair_boxes.push(PairBoxes::of(l, &records));
+    }
     let report = ExperimentReport {
         name: cfg.name.clone(),
         base_model: base.clone(),
         samples: base_report.report.samples,
         verdicts: verdicts(&base_fig, &arms),
+        pairs: pair_boxes,
         base: base_fig,
         arms,
         stages: r.stages,

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::pairs::PairBoxes;
 use crate::core::rec::{RecReport, REC_THRESHOLDS};
 
 /// Mean and sample standard deviation.
@@ -135,6 +136,10 @@ pub struct ExperimentReport {
     pub arms: Vec<ArmFigures>,
     /// The hypotheses.
     pub verdicts: Vec<Verdict>,
+    /// Box counts of each λ's pairs (absent in reports written before
+    /// they were counted).
+    #[serde(default)]
+    pub pairs: Vec<PairBoxes>,
     /// Stage times.
     pub stages: Vec<StageTime>,
 }
@@ -275,8 +280,9 @@ pub const WEAK_BASE_ACC: f64 = 0.40;
 
 impl ExperimentReport {
     /// What makes the figures weaker evidence than they look: a base that
-    /// localizes weakly, arms that lost the answer format (half the base's
-    /// parse rate or less).
+    /// localizes weakly, pairs that mostly prefer answers without boxes,
+    /// arms that lost the answer format (half the base's parse rate or
+    /// less).
     pub fn caveats(&self) -> Vec<String> {
         let mut out = Vec::new();
         let base_acc = self.base.accuracy.first().map_or(0.0, |s| s.mean);
@@ -285,6 +291,17 @@ impl ExperimentReport {
                 "The base model's Acc@0.5 is {} %, below {} %, the least the experiment asks for: it localizes weakly, so the pairs rest on poorly localized candidates and the arms compare little",
                 pts(base_acc),
                 pts(WEAK_BASE_ACC)
+            ));
+        }
+        for p in self.pairs.iter().filter(|p| p.teaches_dropping_boxes()) {
+            out.push(format!(
+                "Pairs at λ = {}: {} of {} refined chosen answers hold a box, against {} rejected ones (refinement kept {} of the chosen's {} written boxes): the pairs mostly prefer an answer without boxes, which REC scores as a miss",
+                p.lambda,
+                p.chosen_with_box,
+                p.pairs,
+                p.rejected_with_box,
+                p.chosen_boxes_kept,
+                p.chosen_boxes_written
             ));
         }
         for a in &self.arms {
@@ -349,6 +366,21 @@ impl ExperimentReport {
         s.push_str(
             "\n\"Supported\" means the difference is in the predicted direction and larger than the seeds' combined standard deviation; with three seeds that is a weak test, not a significance test.\n\n",
         );
+        if !self.pairs.is_empty() {
+            s.push_str("## The pairs\n\nWhat each λ's pairs hold: a refined chosen answer keeps only the boxes that match an annotation with IoU > 0.5.\n\n| λ | pairs | chosen with a box | rejected with a box | chosen's boxes kept / written |\n|---|---|---|---|---|\n");
+            for p in &self.pairs {
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} | {} / {} |\n",
+                    p.lambda,
+                    p.pairs,
+                    p.chosen_with_box,
+                    p.rejected_with_box,
+                    p.chosen_boxes_kept,
+                    p.chosen_boxes_written
+                ));
+            }
+            s.push('\n');
+        }
         let caveats = self.caveats();
         if !caveats.is_empty() {
             s.push_str("## Caveats\n\n");
@@ -462,13 +494,36 @@ mod tests {
             base,
             arms: vec![broken("DPO", "dpo")],
             verdicts: v,
+            pairs: vec![
+                PairBoxes {
+                    lambda: 0.8,
+                    pairs: 10,
+                    chosen_with_box: 2,
+                    rejected_with_box: 9,
+                    chosen_boxes_written: 30,
+                    chosen_boxes_kept: 3,
+                },
+                PairBoxes {
+                    lambda: 0.0,
+                    pairs: 10,
+                    chosen_with_box: 5,
+                    rejected_with_box: 9,
+                    chosen_boxes_written: 30,
+                    chosen_boxes_kept: 8,
+                },
+            ],
             stages: Vec::new(),
         };
         let c = r.caveats();
-        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(c.len(), 3, "{c:?}");
         assert!(c[0].contains("5.0 %, below 40.0 %"), "{c:?}");
-        assert!(c[1].starts_with("DPO: parse rate 0.00"), "{c:?}");
+        assert!(
+            c[1].starts_with("Pairs at λ = 0.8: 2 of 10 refined chosen answers hold a box, against 9 rejected ones (refinement kept 3 of the chosen's 30"),
+            "{c:?}"
+        );
+        assert!(c[2].starts_with("DPO: parse rate 0.00"), "{c:?}");
         let md = r.markdown("p.png", "cmd");
         assert!(md.contains("## Caveats\n\n- The base model"), "{md}");
+        assert!(md.contains("| 0 | 10 | 5 | 9 | 8 / 30 |\n"), "{md}");
     }
 }

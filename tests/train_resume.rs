@@ -629,3 +629,41 @@ fn freeze_keeps_the_named_tensors_and_refuses_a_prefix_that_names_none() {
         "{err}"
     );
 }
+
+#[test]
+fn freeze_with_lora_leaves_the_named_modules_unadapted() {
+    use spr_workbench::train::objectives::{Objective, ObjectiveConfig};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = one_sft_row(tmp.path());
+    let never = AtomicBool::new(false);
+    let mut cfg = config(&data, 3, 3e-3);
+    cfg.objective = ObjectiveConfig::new(Objective::Sft);
+    cfg.freeze = vec!["language_model.model.layers.0.".into()];
+    let run = tmp.path().join("frozen-lora");
+    trainer::train(&cfg, &run, |_| {}, &never).unwrap();
+    let file = run.join(files::ADAPTER).join("adapter_model.safetensors");
+    let tensors = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
+    // The largest |B| of the adapters whose key holds `part`.
+    let largest_b = |part: &str| {
+        let bs: Vec<f32> = tensors
+            .iter()
+            .filter(|(k, _)| k.contains(part) && k.contains("lora_B"))
+            .flat_map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect();
+        assert!(!bs.is_empty(), "no lora_B under {part}");
+        bs.iter().fold(0f32, |m, x| m.max(x.abs()))
+    };
+    assert_eq!(largest_b(".layers.0."), 0.0, "layer 0 kept B = 0");
+    let moved = largest_b(".layers.1.");
+    assert!(moved > 1e-4, "layer 1's adapters trained: {moved}");
+
+    // With LoRA only adapted modules can be named.
+    cfg.freeze = vec!["multi_modal_projector.".into()];
+    let err = trainer::train(&cfg, &tmp.path().join("typo"), |_| {}, &never).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("names no module with a LoRA adapter"),
+        "{err}"
+    );
+}

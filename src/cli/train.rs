@@ -53,8 +53,9 @@ pub struct TrainArgs {
     /// projector weight; for small models).
     #[arg(long, default_value = "lora")]
     pub tune: String,
-    /// With --tune full: keep the tensors whose name starts with this
-    /// prefix as loaded (repeatable).
+    /// Keep the tensors whose llava-hf name starts with this prefix as
+    /// loaded (repeatable); with LoRA, the modules so named get no trained
+    /// adapter.
     #[arg(long)]
     pub freeze: Vec<String>,
     /// Linear warm-up steps before the cosine decay.

@@ -82,6 +82,11 @@ pub struct TrainSection {
     pub max_len: usize,
     /// One run per seed and arm.
     pub seeds: Vec<u64>,
+    /// Modules left without a trained adapter (`spr train --freeze`): a
+    /// base whose layers were set by hand and frozen in its own training
+    /// keeps them here too.
+    #[serde(default)]
+    pub freeze: Vec<String>,
 }
 
 /// `[[arm]]`: one way of training on the pairs.

@@ -257,6 +257,9 @@ pub fn run(paths: &ExperimentPaths) -> Result<ExperimentReport> {
             if let Some(seg) = &arm.segmenter {
                 args.extend([s("--segmenter"), seg.clone()]);
             }
+            for prefix in &t.freeze {
+                args.extend([s("--freeze"), prefix.clone()]);
+            }
             let name = format!("train: {} (seed {seed})", arm.name);
             r.stage_with(&name, |r| {
                 if run.exists() {

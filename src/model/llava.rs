@@ -43,6 +43,12 @@ use super::processor::ImageProcessor;
 use super::tokenizer::LlavaTokenizer;
 use super::{default_dtype, ModelError, Result};
 
+/// The canonical llava-hf name of the decoder module at `path`
+/// (`layers.0.self_attn.q_proj`).
+fn lm_module_name(path: &str) -> String {
+    format!("{}{path}", LAYOUTS[0].0)
+}
+
 /// Canonical (llava-hf hub) prefixes and the alternatives other writers use,
 /// probed with a tensor every layout has.
 const LAYOUTS: &[(&str, &[&str], &str)] = &[
@@ -495,13 +501,33 @@ impl Llava {
     /// The trainable variables under their PEFT key names
     /// (`base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight`).
     pub fn named_trainable_vars(&self) -> Vec<(String, Var)> {
+        self.named_trainable_vars_except(|_| false)
+    }
+
+    /// [`Self::named_trainable_vars`] without the adapters of the modules
+    /// for which `frozen` is true; it is given the module's canonical
+    /// llava-hf name (`language_model.model.layers.0.self_attn.q_proj`),
+    /// the names `--freeze` prefixes match in full fine-tuning.
+    pub fn named_trainable_vars_except(&self, frozen: impl Fn(&str) -> bool) -> Vec<(String, Var)> {
         let layout = PeftLayout::Current;
         let mut out = Vec::new();
         for (path, adapter) in self.lm.adapters() {
+            if frozen(&lm_module_name(&path)) {
+                continue;
+            }
             out.push((layout.key(&path, "A"), adapter.a.clone()));
             out.push((layout.key(&path, "B"), adapter.b.clone()));
         }
         out
+    }
+
+    /// Canonical llava-hf names of the modules that carry an adapter.
+    pub fn adapted_modules(&self) -> Vec<String> {
+        self.lm
+            .adapters()
+            .iter()
+            .map(|(path, _)| lm_module_name(path))
+            .collect()
     }
 
     /// Writes the adapters as a PEFT adapter folder (`adapter_config.json`,

@@ -441,9 +441,11 @@ pub struct TrainConfig {
     /// REC evaluation of the policy during training, when set.
     #[serde(default)]
     pub eval: Option<EvalSettings>,
-    /// Full fine-tuning only: tensors whose llava-hf name starts with one
-    /// of these stay as loaded (a structured initialisation that training
-    /// must not wash out, e.g. the tiny base model's picking heads).
+    /// Tensors whose llava-hf name starts with one of these stay as loaded
+    /// (a structured initialisation that training must not wash out, e.g.
+    /// the tiny base model's picking heads). With LoRA, the adapters of the
+    /// modules so named are not trained: they keep B = 0 and change
+    /// nothing.
     #[serde(default)]
     pub freeze: Vec<String>,
 }
@@ -542,10 +544,10 @@ impl TrainConfig {
         if self.objective.objective.needs_segments() && self.segmenter.is_none() {
             return bad("segmenter", "fdpo needs a segmenter");
         }
-        if !self.freeze.is_empty() && self.tune == Tune::Lora {
+        if let Some(p) = self.freeze.iter().find(|p| p.is_empty()) {
             return bad(
                 "freeze",
-                "only full fine-tuning freezes tensors (LoRA trains adapters alone)",
+                &format!("an empty prefix ({p:?}) would freeze everything"),
             );
         }
         Ok(())
@@ -742,14 +744,19 @@ mod tests {
         };
         assert_eq!(fdpo.validate().unwrap_err().field, "segmenter");
         let frozen_lora = TrainConfig {
-            freeze: vec!["multi_modal_projector.".into()],
+            freeze: vec!["language_model.model.layers.0.".into()],
             ..TrainConfig::new("m", "d")
         };
-        assert_eq!(frozen_lora.validate().unwrap_err().field, "freeze");
+        frozen_lora.validate().unwrap();
         let frozen_full = TrainConfig {
             tune: Tune::Full,
             ..frozen_lora
         };
         frozen_full.validate().unwrap();
+        let everything = TrainConfig {
+            freeze: vec![String::new()],
+            ..frozen_full
+        };
+        assert_eq!(everything.validate().unwrap_err().field, "freeze");
     }
 }

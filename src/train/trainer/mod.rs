@@ -458,18 +458,23 @@ impl Trainer {
                 workers,
             )?)
         };
-        if let Some(w) = &full {
-            for prefix in &cfg.freeze {
-                if !w
-                    .trainable
-                    .iter()
-                    .any(|(n, _)| n.starts_with(prefix.as_str()))
-                {
-                    return Err(TrainError::Config {
-                        field: "freeze",
-                        message: format!("`{prefix}` names no trainable tensor of the model"),
-                    });
-                }
+        // A prefix must name something that would otherwise train: a
+        // tensor in full fine-tuning, an adapted module with LoRA.
+        let candidates: Vec<String> = match &full {
+            Some(w) => w.trainable.iter().map(|(n, _)| n.clone()).collect(),
+            None => bundle.model.adapted_modules(),
+        };
+        for prefix in &cfg.freeze {
+            if !candidates.iter().any(|n| n.starts_with(prefix.as_str())) {
+                let what = if full.is_some() {
+                    "trainable tensor"
+                } else {
+                    "module with a LoRA adapter"
+                };
+                return Err(TrainError::Config {
+                    field: "freeze",
+                    message: format!("`{prefix}` names no {what} of the model"),
+                });
             }
         }
         let trainable = |bundle: &LlavaBundle| match &full {
@@ -479,7 +484,9 @@ impl Trainer {
                 .filter(|(n, _)| !cfg.freezes(n))
                 .cloned()
                 .collect(),
-            None => bundle.model.named_trainable_vars(),
+            None => bundle
+                .model
+                .named_trainable_vars_except(|module| cfg.freezes(module)),
         };
         let mut opt = AdamW::new(trainable(&bundle), cfg)?;
         let mut state = TrainerState {

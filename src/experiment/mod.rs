@@ -344,7 +344,7 @@ pub fn run(paths: &ExperimentPaths) -> Result<ExperimentReport> {
         name: cfg.name.clone(),
         base_model: base.clone(),
         samples: base_report.report.samples,
-        verdicts: verdicts(&base_fig, &arms),
+        verdicts: verdicts(&base_fig, &arms, base_report.report.samples),
         pairs: pair_boxes,
         base: base_fig,
         arms,

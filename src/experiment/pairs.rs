@@ -54,10 +54,10 @@ impl PairBoxes {
         out
     }
 
-    /// True when fewer than half as many chosen answers as rejected ones
-    /// hold a box: the pairs mostly prefer an answer without boxes.
-    pub fn teaches_dropping_boxes(&self) -> bool {
-        2 * self.chosen_with_box < self.rejected_with_box
+    /// True when fewer chosen answers than rejected ones hold a box: the
+    /// pairs lean towards answers without boxes.
+    pub fn favours_no_box(&self) -> bool {
+        self.chosen_with_box < self.rejected_with_box
     }
 }
 
@@ -123,10 +123,10 @@ mod tests {
                 chosen_boxes_kept: 1,
             }
         );
-        // 1 of 3 chosen vs 2 of 3 rejected: not below half.
-        assert!(!b.teaches_dropping_boxes());
-        let b = PairBoxes::of(0.8, &pairs[1..]);
-        assert_eq!((b.chosen_with_box, b.rejected_with_box), (0, 1));
-        assert!(b.teaches_dropping_boxes());
+        // 1 of 3 chosen vs 2 of 3 rejected.
+        assert!(b.favours_no_box());
+        let b = PairBoxes::of(0.8, &[pairs[0].clone(), pairs[2].clone()]);
+        assert_eq!((b.chosen_with_box, b.rejected_with_box), (1, 1));
+        assert!(!b.favours_no_box());
     }
 }

@@ -168,8 +168,11 @@ fn pm(s: Stat) -> String {
 }
 
 /// The four hypotheses checked on the arms (found by objective and λ: the
-/// main DPO arm is the DPO arm with 0 < λ < 1).
-pub fn verdicts(base: &ArmFigures, arms: &[ArmFigures]) -> Vec<Verdict> {
+/// main DPO arm is the DPO arm with 0 < λ < 1). `samples`: expressions per
+/// evaluation; a difference of one expression or less is no difference
+/// (seeds that agree on a single expression have no spread).
+pub fn verdicts(base: &ArmFigures, arms: &[ArmFigures], samples: usize) -> Vec<Verdict> {
+    let one = 1.0 / samples.max(1) as f64;
     let find = |obj: &str, pred: &dyn Fn(f32) -> bool| {
         arms.iter().find(|a| a.objective == obj && pred(a.lambda))
     };
@@ -196,11 +199,25 @@ pub fn verdicts(base: &ArmFigures, arms: &[ArmFigures]) -> Vec<Verdict> {
             let gains: Vec<String> = (0..=n)
                 .map(|i| format!("{:+.1}", 100.0 * gain(i).mean))
                 .collect();
-            // A gain that "grows" from a loss to nothing is no gain.
-            let (verdict, note) = if g_hi.mean > 0.0 {
-                (compare(g_hi, g_lo, true), "")
+            // SPR's shape is a gain at every threshold, largest at 0.9: a
+            // loss that shrinks to nothing at 0.9 (where the base is near
+            // 0 %) is no gain, and neither is one expression.
+            let losses: Vec<String> = (0..=n)
+                .filter(|&i| gain(i).mean < -gain(i).std.max(one))
+                .map(|i| REC_THRESHOLDS[i].to_string())
+                .collect();
+            let (verdict, note) = if g_hi.mean <= g_hi.std.max(one) {
+                (
+                    "not supported",
+                    "; no gain at 0.9 beyond the seed spread and one expression".to_string(),
+                )
+            } else if !losses.is_empty() {
+                (
+                    "not supported",
+                    format!("; it loses accuracy at {}", losses.join(", ")),
+                )
             } else {
-                ("not supported", "; no gain at 0.9")
+                (compare(g_hi, g_lo, true), String::new())
             };
             Verdict {
                 hypothesis: h1.into(),
@@ -217,16 +234,30 @@ pub fn verdicts(base: &ArmFigures, arms: &[ArmFigures]) -> Vec<Verdict> {
         None => missing(h1),
     });
     let mean_line = |a: &ArmFigures| format!("{} {}", a.name, pm(a.mean_accuracy));
+    // Comparing two arms that both lost accuracy compares losses.
+    let below_base = |a: &ArmFigures| {
+        if base.mean_accuracy.mean - a.mean_accuracy.mean > a.mean_accuracy.std.max(one) {
+            format!(
+                "; {} is itself below the base ({} vs {}), so this compares losses, not gains",
+                a.name,
+                pts(a.mean_accuracy.mean),
+                pts(base.mean_accuracy.mean)
+            )
+        } else {
+            String::new()
+        }
+    };
     let h2 = "SFT on the refined chosen answers gains less than DPO (SPR: about half)";
     out.push(match (dpo, sft) {
         (Some(d), Some(s)) => Verdict {
             hypothesis: h2.into(),
             verdict: compare(d.mean_accuracy, s.mean_accuracy, true).into(),
             evidence: format!(
-                "mean accuracy over 0.5–0.9: {} vs {} (base {})",
+                "mean accuracy over 0.5–0.9: {} vs {} (base {}){}",
                 mean_line(d),
                 mean_line(s),
-                pts(base.mean_accuracy.mean)
+                pts(base.mean_accuracy.mean),
+                below_base(d)
             ),
         },
         _ => missing(h2),
@@ -264,9 +295,10 @@ pub fn verdicts(base: &ArmFigures, arms: &[ArmFigures]) -> Vec<Verdict> {
             hypothesis: h4.into(),
             verdict: compare(f.mean_accuracy, d.mean_accuracy, false).into(),
             evidence: format!(
-                "mean accuracy over 0.5–0.9: {} vs {}",
+                "mean accuracy over 0.5–0.9: {} vs {}{}",
                 mean_line(f),
-                mean_line(d)
+                mean_line(d),
+                below_base(d)
             ),
         },
         _ => missing(h4),
@@ -280,7 +312,8 @@ pub const WEAK_BASE_ACC: f64 = 0.40;
 
 impl ExperimentReport {
     /// What makes the figures weaker evidence than they look: a base that
-    /// localizes weakly, pairs that mostly prefer answers without boxes,
+    /// localizes weakly, pairs whose chosen answers hold a box less often
+    /// than their rejected ones,
     /// arms that lost the answer format (half the base's parse rate or
     /// less).
     pub fn caveats(&self) -> Vec<String> {
@@ -293,9 +326,9 @@ impl ExperimentReport {
                 pts(WEAK_BASE_ACC)
             ));
         }
-        for p in self.pairs.iter().filter(|p| p.teaches_dropping_boxes()) {
+        for p in self.pairs.iter().filter(|p| p.favours_no_box()) {
             out.push(format!(
-                "Pairs at λ = {}: {} of {} refined chosen answers hold a box, against {} rejected ones (refinement kept {} of the chosen's {} written boxes): the pairs mostly prefer an answer without boxes, which REC scores as a miss",
+                "Pairs at λ = {}: {} of {} refined chosen answers hold a box, against {} rejected ones (refinement kept {} of the chosen's {} written boxes): the pairs lean towards answers without boxes, while REC asks for one",
                 p.lambda,
                 p.chosen_with_box,
                 p.pairs,
@@ -443,7 +476,7 @@ mod tests {
                 (2, report([0.61, 0.5, 0.4, 0.2, 0.06])),
             ],
         );
-        let v = verdicts(&base, &[dpo.clone(), sft]);
+        let v = verdicts(&base, &[dpo.clone(), sft], 100);
         assert_eq!(v[0].verdict, "supported", "{:?}", v[0]);
         assert_eq!(v[1].verdict, "supported", "{:?}", v[1]);
         assert_eq!(v[2].verdict, "not tested");
@@ -455,7 +488,7 @@ mod tests {
             0.8,
             &[(1, report([0.5, 0.4, 0.3, 0.1, 0.0]))],
         );
-        let v = verdicts(&base, &[dpo, fdpo]);
+        let v = verdicts(&base, &[dpo, fdpo], 100);
         assert_eq!(v[3].verdict, "not supported");
     }
 
@@ -481,10 +514,12 @@ mod tests {
             a.parse_rate = Stat::of(&[0.0, 0.0]);
             a
         };
-        let v = verdicts(&base, &[broken("DPO", "dpo"), broken("SFT", "sft")]);
+        let v = verdicts(&base, &[broken("DPO", "dpo"), broken("SFT", "sft")], 100);
         // The "gain" rises from -5 points to 0: no gain, not a growing one.
         assert_eq!(v[0].verdict, "not supported", "{:?}", v[0]);
         assert!(v[0].evidence.contains("no gain at 0.9"), "{:?}", v[0]);
+        // Both arms lost: the SFT comparison says it compares losses.
+        assert!(v[1].evidence.contains("compares losses"), "{:?}", v[1]);
         // SFT below DPO is a strict claim: a tie does not support it.
         assert_eq!(v[1].verdict, "not supported", "{:?}", v[1]);
         let r = ExperimentReport {
@@ -506,8 +541,8 @@ mod tests {
                 PairBoxes {
                     lambda: 0.0,
                     pairs: 10,
-                    chosen_with_box: 5,
-                    rejected_with_box: 9,
+                    chosen_with_box: 9,
+                    rejected_with_box: 5,
                     chosen_boxes_written: 30,
                     chosen_boxes_kept: 8,
                 },
@@ -524,6 +559,43 @@ mod tests {
         assert!(c[2].starts_with("DPO: parse rate 0.00"), "{c:?}");
         let md = r.markdown("p.png", "cmd");
         assert!(md.contains("## Caveats\n\n- The base model"), "{md}");
-        assert!(md.contains("| 0 | 10 | 5 | 9 | 8 / 30 |\n"), "{md}");
+        assert!(md.contains("| 0 | 10 | 9 | 5 | 8 / 30 |\n"), "{md}");
+    }
+
+    #[test]
+    fn a_gain_of_one_expression_or_beside_losses_is_not_spr_shape() {
+        let base = ArmFigures::from_reports(
+            "base",
+            "base",
+            0.0,
+            &[(0, report([0.43, 0.29, 0.13, 0.02, 0.0]))],
+        );
+        let dpo = |at_09: f32| {
+            ArmFigures::from_reports(
+                "DPO",
+                "dpo",
+                0.8,
+                &[
+                    (1, report([0.38, 0.24, 0.10, 0.02, at_09])),
+                    (2, report([0.39, 0.24, 0.09, 0.02, at_09])),
+                ],
+            )
+        };
+        // Every seed right on the same single expression at 0.9 (of 269):
+        // no spread, but no gain either.
+        let v = verdicts(&base, &[dpo(1.0 / 269.0)], 269);
+        assert_eq!(v[0].verdict, "not supported", "{:?}", v[0]);
+        assert!(v[0]
+            .evidence
+            .contains("beyond the seed spread and one expression"));
+        // A real gain at 0.9 beside losses at 0.5-0.7 is not SPR's shape.
+        let v = verdicts(&base, &[dpo(0.05)], 269);
+        assert_eq!(v[0].verdict, "not supported", "{:?}", v[0]);
+        assert!(
+            v[0].evidence
+                .ends_with("it loses accuracy at 0.5, 0.6, 0.7"),
+            "{:?}",
+            v[0]
+        );
     }
 }
